@@ -1,0 +1,224 @@
+//! The YAML configuration (the public contract, documented key by key in README.md) and its
+//! environment overrides `STACKVAULT_<SECTION>_<KEY>`. Errors name the file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::repo::crypt::{self, Recipient};
+
+pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
+
+/// Environment variables read by the command line itself rather than the config file.
+const CLI_VARIABLES: &[&str] = &["STACKVAULT_CONFIG", "STACKVAULT_IDENTITY"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid { file: String, line: usize, column: usize, message: String },
+    #[error("{file}: {message}")]
+    InvalidNoLocation { file: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("{key} is not set: {hint}")]
+    Missing { key: &'static str, hint: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub stack: Option<String>,
+    #[serde(default)]
+    pub docker: DockerConfig,
+    /// Host directories read by the sidecar itself (mounted into its container).
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// Where the file came from, for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub select: SelectConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectConfig {
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default, deserialize_with = "label_filter")]
+    pub label: Option<String>,
+}
+
+impl SelectConfig {
+    pub fn is_set(&self) -> bool {
+        self.project.is_some() || self.label.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    #[serde(default)]
+    pub filesystem: Option<FilesystemConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesystemConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    #[serde(default, deserialize_with = "recipients")]
+    pub recipients: Vec<Recipient>,
+}
+
+fn label_filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let label = String::deserialize(d)?;
+    check_label(&label).map_err(serde::de::Error::custom)?;
+    Ok(Some(label))
+}
+
+fn check_label(label: &str) -> Result<(), String> {
+    let key = label.split('=').next().unwrap_or_default();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(format!("docker.select.label {label:?} must be KEY or KEY=VALUE, e.g. stackvault.enable=true"));
+    }
+    Ok(())
+}
+
+fn recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Recipient>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| crypt::parse_recipient(t).map_err(|e| serde::de::Error::custom(format!("encryption.recipients[{i}]: {e}"))))
+        .collect()
+}
+
+impl Config {
+    /// Reads `path` (or, when none is given, the default path if it exists), then applies the
+    /// environment's overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::read(path)?,
+            None if Path::new(DEFAULT_PATH).exists() => Self::read(Path::new(DEFAULT_PATH))?,
+            None => Config { origin: format!("{DEFAULT_PATH} (absent)"), ..Config::default() },
+        };
+        config.apply_env(std::env::vars())?;
+        Ok(config)
+    }
+
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let mut config = Self::parse(&text, &file)?;
+        config.origin = file;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            // The location is reported in our file:line:column prefix; drop serde's own copy.
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            match e.location() {
+                Some(loc) => ConfigError::Invalid { file: file.to_string(), line: loc.line(), column: loc.column(), message },
+                None => ConfigError::InvalidNoLocation { file: file.to_string(), message },
+            }
+        })
+    }
+
+    /// `STACKVAULT_<SECTION>_<KEY>` overrides the key; lists are comma-separated. An unknown
+    /// `STACKVAULT_` variable is an error, so that a typo cannot silently leave a setting unapplied.
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            if !name.starts_with("STACKVAULT_") || CLI_VARIABLES.contains(&name.as_str()) {
+                continue;
+            }
+            let env_err = |message: String| ConfigError::Env { name: name.clone(), message };
+            let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+            match name.as_str() {
+                "STACKVAULT_STACK" => self.stack = Some(value.clone()),
+                "STACKVAULT_DOCKER_HOST" => self.docker.host = Some(value.clone()),
+                "STACKVAULT_DOCKER_SELECT_PROJECT" => self.docker.select.project = Some(value.clone()),
+                "STACKVAULT_DOCKER_SELECT_LABEL" => {
+                    check_label(&value).map_err(env_err)?;
+                    self.docker.select.label = Some(value.clone());
+                }
+                "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
+                "STACKVAULT_REPOSITORY_FILESYSTEM_PATH" => {
+                    self.repository.filesystem = Some(FilesystemConfig { path: PathBuf::from(&value) })
+                }
+                "STACKVAULT_ENCRYPTION_RECIPIENTS" => {
+                    self.encryption.recipients = list().map(crypt::parse_recipient).collect::<Result<_, _>>().map_err(env_err)?
+                }
+                _ => return Err(env_err("unknown setting; see README.md, \"Configuration\", for the variables".into())),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stack(&self) -> Result<&str, ConfigError> {
+        self.stack.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| ConfigError::Missing {
+            key: "stack",
+            hint: format!("name the stack in {} or set STACKVAULT_STACK", self.origin),
+        })
+    }
+
+    pub fn repository_path(&self) -> Result<&Path, ConfigError> {
+        self.repository.filesystem.as_ref().map(|f| f.path.as_path()).ok_or_else(|| ConfigError::Missing {
+            key: "repository.filesystem.path",
+            hint: format!("set it in {} or set STACKVAULT_REPOSITORY_FILESYSTEM_PATH", self.origin),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let err = Config::parse("stack: demo\ndocker:\n  select:\n    projct: demo\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:4:"), "{err}");
+        assert!(err.contains("projct"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_recipient_names_its_line_and_index() {
+        let err = Config::parse("encryption:\n  recipients: [\"age1nope\"]\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:2:"), "{err}");
+        assert!(err.contains("recipients[0]"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_rejects_unknown_ones() {
+        let mut config = Config::parse("stack: a\n", "s.yaml").unwrap();
+        let vars = [("STACKVAULT_STACK".to_string(), "b".to_string()), ("STACKVAULT_PATHS".into(), "/x, /y".into())];
+        config.apply_env(vars.into_iter()).unwrap();
+        assert_eq!(config.stack().unwrap(), "b");
+        assert_eq!(config.paths, vec![PathBuf::from("/x"), PathBuf::from("/y")]);
+        let err = config.apply_env([("STACKVAULT_STAK".to_string(), "c".to_string())].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("STACKVAULT_STAK"));
+    }
+}

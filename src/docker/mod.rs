@@ -1,0 +1,41 @@
+//! Everything that talks to the Docker Engine API: finding the stack's containers and mounts
+//! ([`discover`]) and running stackvault's agent in short-lived helper containers ([`helper`]).
+
+pub mod discover;
+pub mod helper;
+
+use bollard::Docker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine at {host}: {source}; check docker.host and that the socket is mounted")]
+    Connect { host: String, source: bollard::errors::Error },
+    #[error("Docker API, {action}: {source}")]
+    Api { action: String, source: bollard::errors::Error },
+    #[error("helper container {container} ({purpose}) exited with status {code}: {stderr}")]
+    HelperFailed { container: String, purpose: String, code: i64, stderr: String },
+    #[error("{0}")]
+    Agent(String),
+}
+
+impl DockerError {
+    pub fn api(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Self {
+        let action = action.into();
+        move |source| DockerError::Api { action, source }
+    }
+}
+
+/// Connects to `host` (unix:// or tcp://), else to DOCKER_HOST, else to the local socket, and settles
+/// on an API version the engine speaks.
+pub async fn connect(host: Option<&str>) -> Result<Docker, DockerError> {
+    let shown = host.map(str::to_string).or_else(|| std::env::var("DOCKER_HOST").ok()).unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let connect_err = |source| DockerError::Connect { host: shown.clone(), source };
+    let docker = match host {
+        Some(host) => Docker::connect_with_host(host),
+        None => Docker::connect_with_defaults(),
+    }
+    .map_err(connect_err)?;
+    // Long enough for a helper's whole stream; per-request progress is watched elsewhere.
+    let docker = docker.with_timeout(std::time::Duration::from_secs(24 * 3600));
+    docker.negotiate_version().await.map_err(connect_err)
+}

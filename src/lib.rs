@@ -1,0 +1,79 @@
+//! stackvault: a backup sidecar for Docker Compose stacks. The data flows discover (`docker`) → read
+//! sources (`source`) → chunk and pack (`archiver`, `repo`) → encrypt (`repo::crypt`) → store
+//! (`storage`) → verify / restore. Each user command is one module with one entry point.
+
+pub mod agent;
+pub mod archiver;
+pub mod backup;
+pub mod config;
+pub mod demo;
+pub mod docker;
+pub mod repo;
+pub mod restore;
+pub mod source;
+pub mod storage;
+pub mod verify;
+
+use std::sync::Arc;
+
+use config::{Config, ConfigError};
+use docker::DockerError;
+use repo::{RepoError, Repository};
+use storage::filesystem::FilesystemStorage;
+use storage::StorageError;
+
+/// The commands' error: whatever layer failed, with that layer's message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("{source_name}: {message}")]
+    Source { source_name: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn source(source_name: impl std::fmt::Display, error: impl std::fmt::Display) -> Self {
+        Error::Source { source_name: source_name.to_string(), message: error.to_string() }
+    }
+}
+
+/// Opens the configured target and the repository in it.
+pub fn open_repository(config: &Config) -> Result<Repository, Error> {
+    let storage = FilesystemStorage::open(config.repository_path()?).map_err(|e| match e {
+        StorageError::NotFound { location } => RepoError::NotARepository(location),
+        other => RepoError::Storage(other),
+    })?;
+    Ok(Repository::open(Arc::new(storage))?)
+}
+
+pub fn program() -> String {
+    format!("stackvault {}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Bytes from the kernel's random source, for repository and key-check ids.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom is readable");
+    bytes
+}

@@ -1,0 +1,262 @@
+//! The `stackvault` command line: parse, call the library, print. Exit status 0 on success, 1 on any
+//! failure (including a verify that found damage), 2 on bad usage, 130/143 when interrupted.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use stackvault::config::Config;
+use stackvault::repo::crypt::{self, Identities};
+use stackvault::restore::RestoreOptions;
+
+#[derive(Parser)]
+#[command(name = "stackvault", version, about = "Deduplicated, encrypted, WORM-first backups of Docker Compose stacks")]
+struct Cli {
+    /// Configuration file [default: /etc/stackvault/stackvault.yaml when it exists]
+    #[arg(short, long, global = true, env = "STACKVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository at repository.filesystem.path
+    Init,
+    /// Back up the selected containers' volumes and bind mounts, and the configured paths
+    Backup,
+    /// List the snapshots in the repository
+    Snapshots {
+        /// Print JSON (one array of {id, snapshot}) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot: volumes and bind mounts through Docker, paths in place
+    Restore {
+        /// Snapshot id (or a unique prefix of it), or `latest`
+        snapshot: String,
+        /// age identity file, for an encrypted repository
+        #[arg(long, env = "STACKVAULT_IDENTITY")]
+        identity: Option<PathBuf>,
+        /// Replace the contents of destinations that are not empty
+        #[arg(long)]
+        force: bool,
+        /// Restore every source as a directory below DIR instead of to its origin
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Check that every snapshot's objects are present and intact
+    Verify {
+        /// Also read every referenced pack and check its hash (and, with --identity, every blob)
+        #[arg(long)]
+        read_data: bool,
+        /// age identity file, to check inside encrypted packs and trees
+        #[arg(long, env = "STACKVAULT_IDENTITY")]
+        identity: Option<PathBuf>,
+    },
+    /// Create an age identity; prints its recipient (the public key for encryption.recipients)
+    Keygen {
+        /// Where to write the identity (mode 0600); it must not exist yet [default: print it]
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run the demo: a small stack in local containers, backed up to a folder, removed, restored, checked
+    Demo {
+        /// Folder for the demo's configuration and repository
+        #[arg(long, default_value = "stackvault-demo")]
+        dir: PathBuf,
+    },
+    /// Inside helper containers only: the agent's side of the tree protocol
+    #[command(hide = true)]
+    Agent {
+        #[command(subcommand)]
+        action: AgentAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    Read { root: PathBuf },
+    Write {
+        root: PathBuf,
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Agent { action } = &cli.command {
+        // No runtime, no configuration: the agent only moves a tree through a pipe.
+        let result = match action {
+            AgentAction::Read { root } => stackvault::agent::read(root),
+            AgentAction::Write { root, replace } => stackvault::agent::write(root, *replace),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stackvault agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Init => {
+            let config = Config::load(config_path)?;
+            let path = config.repository_path()?.to_path_buf();
+            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+            let storage = stackvault::storage::filesystem::FilesystemStorage::open(&path)?;
+            let repo = stackvault::repo::Repository::init(std::sync::Arc::new(storage), &config.encryption.recipients)?;
+            let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
+            println!("created repository {} at {} ({encryption})", repo.config.id, path.display());
+        }
+        Command::Backup => {
+            let config = Config::load(config_path)?;
+            let outcome = interruptible(&config, stackvault::backup::backup(&config)).await??;
+            let s = &outcome.snapshot;
+            for skip in &outcome.skipped {
+                println!("skipped {skip}");
+            }
+            for source in &s.sources {
+                println!("  {:?} {}: {} entries, {}", source.kind, source.name, source.entries, bytes(source.bytes));
+            }
+            println!(
+                "snapshot {} saved: {} entries, {} read, {} new, {} stored in {} new packs, {:.1} s",
+                outcome.id,
+                s.summary.entries,
+                bytes(s.summary.bytes),
+                bytes(s.summary.new_bytes),
+                bytes(s.summary.stored_bytes),
+                s.summary.new_packs,
+                s.summary.duration_ms as f64 / 1000.0
+            );
+        }
+        Command::Snapshots { json } => {
+            let config = Config::load(config_path)?;
+            let repo = stackvault::open_repository(&config)?;
+            let snapshots = repo.snapshots()?;
+            if json {
+                let list: Vec<_> = snapshots.iter().map(|(id, s)| serde_json::json!({"id": id, "snapshot": s})).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}", "ID", "TIME", "STACK", "SOURCES", "SIZE", "NEW");
+                for (id, s) in &snapshots {
+                    let short = &id.hex()[..12];
+                    println!(
+                        "{short:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}",
+                        s.time,
+                        s.stack,
+                        s.sources.len(),
+                        bytes(s.summary.bytes),
+                        bytes(s.summary.new_bytes)
+                    );
+                }
+                println!("{} snapshots", snapshots.len());
+            }
+        }
+        Command::Restore { snapshot, identity, force, to } => {
+            let config = Config::load(config_path)?;
+            let options = RestoreOptions { snapshot, identity, force, to };
+            let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await??;
+            for restored in &outcome.restored {
+                println!("restored {} -> {}", restored.source, restored.destination);
+                for warning in &restored.warnings {
+                    println!("  {warning}");
+                }
+            }
+            println!("snapshot {} restored", outcome.snapshot);
+        }
+        Command::Verify { read_data, identity } => {
+            let config = Config::load(config_path)?;
+            let repo = stackvault::open_repository(&config)?;
+            let identities = identity.as_deref().map(Identities::load).transpose()?;
+            let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read_data)).await??;
+            for (id, _) in &report.snapshots {
+                match report.broken.get(id) {
+                    None => println!("snapshot {id}: ok"),
+                    Some(problems) => {
+                        println!("snapshot {id}: BROKEN");
+                        for p in problems {
+                            println!("  {p}");
+                        }
+                    }
+                }
+            }
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            let checked = if read_data { format!(", {} packs read", report.packs_read) } else { String::new() };
+            println!("{} snapshots checked{checked}", report.snapshots.len());
+            if !report.ok() {
+                let broken: Vec<String> = report.broken.keys().map(|id| id.hex()).collect();
+                eprintln!("error: {} broken snapshot(s): {}", broken.len(), broken.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Keygen { output } => {
+            let (identity, recipient) = crypt::generate_identity();
+            match output {
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("creating {} (an existing identity is never overwritten)", path.display()))?;
+                    file.write_all(identity.as_bytes())?;
+                    eprintln!("identity written to {}; keep it offline, the sidecar needs only the recipient:", path.display());
+                }
+                None => print!("{identity}"),
+            }
+            println!("{recipient}");
+        }
+        Command::Demo { dir } => stackvault::demo::run(&dir).await?,
+        Command::Agent { .. } => bail!("the agent runs without a runtime"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a command that may start helper containers; on SIGINT or SIGTERM removes them and stops. The
+/// snapshot manifest is written last, so an interrupted run leaves none.
+async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output = T>) -> Result<T> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let signal_name = tokio::select! {
+        result = work => return Ok(result),
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    if let Ok(docker) = stackvault::docker::connect(config.docker.host.as_deref()).await {
+        stackvault::docker::helper::remove_live_helpers(&docker).await;
+    }
+    eprintln!("interrupted by {signal_name}: no snapshot was written; the next run reuses what was stored");
+    std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

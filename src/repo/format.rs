@@ -1,0 +1,262 @@
+//! The repository's JSON objects: config, trees, snapshot manifests and pack indexes, exactly as
+//! docs/FORMAT.md specifies them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::crypt::{self, Recipient};
+use super::{BlobKind, Id, RepoError, FORMAT_VERSION};
+use crate::source::EntryKind;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// Always "age-x25519".
+    pub scheme: String,
+    pub recipients: Vec<String>,
+    /// 32 random bytes encrypted to the recipients, hex; decrypting it tells a wrong identity (no
+    /// matching key) from damaged data before anything else is read.
+    pub key_check: String,
+    /// BLAKE3 of those 32 bytes.
+    pub key_check_blake3: Id,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Always "stackvault".
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub created: String,
+    pub chunker: ChunkerParams,
+    /// A pack is closed once its stored size reaches this many bytes.
+    pub pack_size: u64,
+    pub zstd_level: i32,
+    pub encryption: Option<Encryption>,
+}
+
+impl RepoConfig {
+    pub fn new(recipients: &[Recipient]) -> Result<Self, RepoError> {
+        let encryption = if recipients.is_empty() {
+            None
+        } else {
+            let secret = crate::random_bytes::<32>();
+            Some(Encryption {
+                scheme: "age-x25519".into(),
+                recipients: recipients.iter().map(|r| r.to_string()).collect(),
+                key_check: hex::encode(crypt::encrypt_small(recipients, &secret)?),
+                key_check_blake3: Id::of(&secret),
+            })
+        };
+        Ok(RepoConfig {
+            format: "stackvault".into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(crate::random_bytes::<16>()),
+            created: crate::now_rfc3339(),
+            chunker: ChunkerParams { min_size: 256 << 10, avg_size: 1 << 20, max_size: 4 << 20 },
+            pack_size: 32 << 20,
+            zstd_level: 3,
+            encryption,
+        })
+    }
+
+    pub fn recipients(&self) -> Vec<String> {
+        self.encryption.as_ref().map(|e| e.recipients.clone()).unwrap_or_default()
+    }
+}
+
+/// One directory's entries, sorted by name bytes. Its id is the BLAKE3 of its JSON serialization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    #[serde(with = "os_bytes")]
+    pub name: Vec<u8>,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// Data blobs whose plaintexts, concatenated, are the file's content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<Id>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "os_bytes")]
+    pub target: Vec<u8>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xattr {
+    #[serde(with = "os_bytes")]
+    pub name: Vec<u8>,
+    /// Hex, since values are binary.
+    pub value: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Names are bytes on Linux: a valid UTF-8 name is a JSON string, any other an object `{"hex": "…"}`.
+mod os_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Raw { hex: String },
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Repr::Text(text.to_owned()),
+            Err(_) => Repr::Raw { hex: hex::encode(bytes) },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Text(text) => Ok(text.into_bytes()),
+            Repr::Raw { hex } => hex::decode(hex).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A Docker named (or anonymous) volume.
+    Volume,
+    /// A host directory bind-mounted into a container.
+    Bind,
+    /// A directory the sidecar reads itself.
+    Path,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    pub kind: SourceKind,
+    /// The volume name, or the host path.
+    pub name: String,
+    /// The source's root directory (name empty); its subtree holds everything below.
+    pub root: Node,
+    /// Containers that mounted it, with the mount destination: `container:/dest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounted_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_labels: BTreeMap<String, String>,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    pub entries: u64,
+    /// Bytes of file content read from the sources.
+    pub bytes: u64,
+    /// Content bytes in blobs the repository did not have before this snapshot.
+    pub new_bytes: u64,
+    /// Bytes of packs this snapshot added to the target.
+    pub stored_bytes: u64,
+    pub new_packs: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub version: u32,
+    /// When the backup started, RFC 3339 UTC.
+    pub time: String,
+    pub stack: String,
+    pub hostname: String,
+    /// The program that wrote it, e.g. "stackvault 0.1.0".
+    pub program: String,
+    pub sources: Vec<SourceRecord>,
+    /// Every pack holding a blob this snapshot references, sorted; lets a reader without the identity
+    /// check presence and integrity, and prune compute what is still needed.
+    pub packs: Vec<Id>,
+    pub summary: Summary,
+}
+
+/// The index object of one pack: where each blob lies inside the pack's plaintext stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackIndex {
+    pub version: u32,
+    pub pack: Id,
+    /// The pack object's stored size in bytes.
+    pub size: u64,
+    pub blobs: Vec<PackedBlob>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackedBlob {
+    pub id: Id,
+    #[serde(rename = "type")]
+    pub kind: BlobKind,
+    /// Offset of the blob's zstd frame in the pack's plaintext (after decryption).
+    pub offset: u64,
+    /// Length of that zstd frame.
+    pub length: u64,
+    /// Length of the blob's plaintext.
+    pub plain_length: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_names_round_trip() {
+        let node = Node {
+            name: b"caf\xe9".to_vec(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime_ns: -5,
+            size: 0,
+            content: vec![],
+            subtree: None,
+            target: "ünï".as_bytes().to_vec(),
+            rdev: 0,
+            xattrs: vec![],
+        };
+        let json = serde_json::to_string(&node).unwrap();
+        assert!(json.contains(r#""name":{"hex":"636166e9"}"#), "{json}");
+        assert!(json.contains(r#""target":"ünï""#), "{json}");
+        assert_eq!(serde_json::from_str::<Node>(&json).unwrap(), node);
+    }
+}

@@ -1,0 +1,184 @@
+//! The repository: content-addressed blobs (file chunks and directory trees) in packs, one index object
+//! per pack, one manifest per snapshot, and a config object. docs/FORMAT.md is the specification.
+
+pub mod crypt;
+pub mod format;
+pub mod index;
+pub mod pack;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::storage::{Key, ObjectKind, Storage, StorageError};
+pub use format::{Node, RepoConfig, Snapshot, SourceRecord, Tree};
+pub use index::Index;
+
+/// The repository format version this build reads and writes (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("no stackvault repository at {0} (no config object): run `stackvault init` to create one, or check that the share is mounted")]
+    NotARepository(String),
+    #[error("{0}: already holds a stackvault repository")]
+    AlreadyExists(String),
+    #[error("repository format version {found} is not supported by this build (it reads version {FORMAT_VERSION}); use a matching stackvault")]
+    UnsupportedVersion { found: u32 },
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("{0} is missing from the repository")]
+    Missing(String),
+    #[error("the repository is encrypted: pass --identity FILE with an age identity of one of its recipients")]
+    IdentityRequired,
+    #[error("the identity does not match any recipient of this repository (recipients: {recipients})")]
+    WrongIdentity { recipients: String },
+    #[error("encryption settings differ: {0}")]
+    RecipientsMismatch(String),
+    #[error("{0}")]
+    Crypto(String),
+}
+
+impl RepoError {
+    pub fn corrupt(what: impl fmt::Display, detail: impl fmt::Display) -> Self {
+        RepoError::Corrupt { what: what.to_string(), detail: detail.to_string() }
+    }
+}
+
+/// A BLAKE3 content id: of a blob's plaintext, or of a stored object's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    pub fn of(bytes: &[u8]) -> Self {
+        Id(*blake3::hash(bytes).as_bytes())
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", &self.hex()[..12])
+    }
+}
+
+impl FromStr for Id {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(s, &mut id).map_err(|_| format!("{s:?} is not a 64-digit hex id"))?;
+        Ok(Id(id))
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a blob holds; the tar entry name of a blob in a pack is `<kind>/<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    Data,
+    Tree,
+}
+
+impl BlobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobKind::Data => "data",
+            BlobKind::Tree => "tree",
+        }
+    }
+}
+
+pub struct Repository {
+    pub storage: Arc<dyn Storage>,
+    pub config: RepoConfig,
+}
+
+impl Repository {
+    pub fn init(storage: Arc<dyn Storage>, recipients: &[crypt::Recipient]) -> Result<Self, RepoError> {
+        if storage.stat(&Key::config())?.is_some() {
+            return Err(RepoError::AlreadyExists(storage.location()));
+        }
+        let config = RepoConfig::new(recipients)?;
+        storage.put(&Key::config(), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
+        Ok(Repository { storage, config })
+    }
+
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self, RepoError> {
+        let bytes = match storage.get(&Key::config()) {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Err(RepoError::NotARepository(storage.location())),
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt("the config object", e))?;
+        if config.version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedVersion { found: config.version });
+        }
+        Ok(Repository { storage, config })
+    }
+
+    pub fn load_index(&self) -> Result<Index, RepoError> {
+        Index::load(self.storage.as_ref())
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
+        let mut all = Vec::new();
+        for info in self.storage.list(ObjectKind::Snapshot)? {
+            let id: Id = info.key.name.parse().map_err(|e| RepoError::corrupt(info.key.path(), e))?;
+            let bytes = self.storage.get(&info.key)?;
+            if Id::of(&bytes) != id {
+                return Err(RepoError::corrupt(info.key.path(), "its content does not match its name"));
+            }
+            let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
+            all.push((id, snapshot));
+        }
+        all.sort_by(|a, b| (a.1.time.as_str(), a.0).cmp(&(b.1.time.as_str(), b.0)));
+        Ok(all)
+    }
+
+    /// Finds a snapshot by `latest` or by a unique prefix of its id.
+    pub fn find_snapshot(&self, wanted: &str) -> Result<(Id, Snapshot), RepoError> {
+        let mut all = self.snapshots()?;
+        if wanted == "latest" {
+            return all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()));
+        }
+        let mut matching: Vec<_> = all.into_iter().filter(|(id, _)| id.hex().starts_with(wanted)).collect();
+        match matching.len() {
+            1 => Ok(matching.pop().unwrap()),
+            0 => Err(RepoError::Missing(format!("snapshot {wanted}"))),
+            n => Err(RepoError::Missing(format!("a unique snapshot for {wanted:?} ({n} match; give more digits)"))),
+        }
+    }
+
+    /// Stores a snapshot manifest. Called last, after everything it references is stored.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id, RepoError> {
+        let bytes = serde_json::to_vec_pretty(snapshot).expect("snapshot serializes");
+        let id = Id::of(&bytes);
+        self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), &bytes)?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,147 @@
+//! Reads a directory tree from the local filesystem as events: used in-process for host paths and by
+//! the agent inside a helper container for volumes and bind mounts.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::{EntryKind, Event, Meta, SourceError};
+
+/// Size of the `Data` pieces a file is read in.
+pub const DATA_PIECE: usize = 1 << 20;
+
+/// Walks `root` depth-first in byte order of names and hands every event to `emit`, ending with `End`.
+/// The root must be a directory. Symlinks are recorded, never followed.
+pub fn walk(root: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+    let md = fs::symlink_metadata(root).map_err(|e| SourceError::io(root.display(), e))?;
+    if !md.is_dir() {
+        return Err(SourceError::Refused(format!("{} is not a directory", root.display())));
+    }
+    let mut walker = Walker { root: root.to_path_buf(), first_names: HashMap::new(), buf: vec![0u8; DATA_PIECE] };
+    let meta = walker.meta(root, Vec::new(), &md)?;
+    emit(Event::Dir(meta))?;
+    walker.children(root, emit)?;
+    emit(Event::DirEnd)?;
+    emit(Event::End)
+}
+
+struct Walker {
+    root: PathBuf,
+    /// (device, inode) of multiply-linked files already emitted, with the path of their first name.
+    first_names: HashMap<(u64, u64), Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Walker {
+    fn children(&mut self, dir: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| SourceError::io(dir.display(), e))? {
+            names.push(entry.map_err(|e| SourceError::io(dir.display(), e))?.file_name());
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let md = match fs::symlink_metadata(&path) {
+                Ok(md) => md,
+                // Removed between listing and stat: a live volume changes under us; it is simply not in
+                // this snapshot.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SourceError::io(path.display(), e)),
+            };
+            let mut meta = self.meta(&path, name.as_bytes().to_vec(), &md)?;
+            match meta.kind {
+                EntryKind::Dir => {
+                    emit(Event::Dir(meta))?;
+                    self.children(&path, emit)?;
+                    emit(Event::DirEnd)?;
+                }
+                EntryKind::File => {
+                    if md.nlink() > 1 {
+                        let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root");
+                        let rel = rel.as_os_str().as_bytes().to_vec();
+                        if let Some(first) = self.first_names.get(&(md.dev(), md.ino())) {
+                            meta.kind = EntryKind::Hardlink;
+                            meta.size = 0;
+                            meta.target = first.clone();
+                            emit(Event::Leaf(meta))?;
+                            continue;
+                        }
+                        self.first_names.insert((md.dev(), md.ino()), rel);
+                    }
+                    self.file(&path, meta, emit)?;
+                }
+                _ => emit(Event::Leaf(meta))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path, meta: Meta, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+        let mut file = File::open(path).map_err(|e| SourceError::io(path.display(), e))?;
+        emit(Event::File(meta))?;
+        loop {
+            let n = file.read(&mut self.buf).map_err(|e| SourceError::io(path.display(), e))?;
+            if n == 0 {
+                break;
+            }
+            emit(Event::Data(self.buf[..n].to_vec()))?;
+        }
+        emit(Event::FileEnd)
+    }
+
+    fn meta(&self, path: &Path, name: Vec<u8>, md: &fs::Metadata) -> Result<Meta, SourceError> {
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::Char
+        } else if ft.is_block_device() {
+            EntryKind::Block
+        } else {
+            EntryKind::Socket
+        };
+        let target = if kind == EntryKind::Symlink {
+            fs::read_link(path).map_err(|e| SourceError::io(path.display(), e))?.into_os_string().as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Meta {
+            name,
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            size: if kind == EntryKind::File { md.len() } else { 0 },
+            rdev: md.rdev(),
+            target,
+            xattrs: read_xattrs(path)?,
+        })
+    }
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SourceError> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        // Filesystems without xattr support have none to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(SourceError::io(path.display(), e)),
+    };
+    let mut xattrs = Vec::new();
+    for name in names {
+        if let Some(value) = xattr::get(path, &name).map_err(|e| SourceError::io(path.display(), e))? {
+            xattrs.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    xattrs.sort();
+    Ok(xattrs)
+}
