@@ -12,7 +12,7 @@ pub enum DockerError {
     Connect { host: String, source: bollard::errors::Error },
     #[error("Docker API, {action}: {source}")]
     Api { action: String, source: bollard::errors::Error },
-    #[error("helper container {container} ({purpose}) exited with status {code}: {stderr}")]
+    #[error("{purpose} failed: {stderr} (helper container {container} exited with status {code})")]
     HelperFailed { container: String, purpose: String, code: i64, stderr: String },
     #[error("{0}")]
     Agent(String),

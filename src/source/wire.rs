@@ -209,7 +209,8 @@ mod tests {
         for e in &events {
             w.write(e).unwrap();
         }
-        let mut r = EventReader::new(&w.into_inner()[..]);
+        let bytes = w.into_inner();
+        let mut r = EventReader::new(&bytes[..]);
         for e in events {
             assert_eq!(r.next_event().unwrap(), e);
         }
@@ -219,7 +220,8 @@ mod tests {
     fn an_agent_error_frame_surfaces_as_an_error() {
         let mut w = EventWriter::new(Vec::new());
         w.write_error("disk on fire").unwrap();
-        let mut r = EventReader::new(&w.into_inner()[..]);
+        let bytes = w.into_inner();
+        let mut r = EventReader::new(&bytes[..]);
         assert!(matches!(r.next_event(), Err(SourceError::Agent(m)) if m == "disk on fire"));
     }
 }

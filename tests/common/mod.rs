@@ -1,0 +1,118 @@
+//! Shared test plumbing: the stackvault binary, the Docker CLI for setting up scenes, and the
+//! independent Python checker (tests/treecheck.py), which shares no code with stackvault.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const KNOWN_PLAINTEXT: &str = "STACKVAULT-KNOWN-PLAINTEXT-7f3a9c";
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("sv-{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn scratch(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn stackvault(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackvault"));
+    cmd.arg("-c").arg(config);
+    cmd
+}
+
+pub fn docker(args: &[&str]) -> String {
+    ok(Command::new("docker").args(args)).trim().to_string()
+}
+
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script));
+    for a in args {
+        cmd.arg(a);
+    }
+    run(&mut cmd)
+}
+
+/// Records a tree with the independent checker.
+pub fn manifest(dir: &Path, out: &Path) {
+    let o = python("treecheck.py", &[&"manifest", &dir, &out]);
+    assert!(o.status.success(), "treecheck manifest: {}", text(&o.stderr));
+}
+
+/// Asserts two recorded trees are identical in every property the checker records.
+pub fn assert_same(a: &Path, b: &Path) {
+    let o = python("treecheck.py", &[&"compare", &a, &b]);
+    assert!(o.status.success(), "trees differ:\n{}", text(&o.stdout));
+}
+
+pub fn volume_dir(volume: &str) -> PathBuf {
+    PathBuf::from(docker(&["volume", "inspect", volume, "-f", "{{.Mountpoint}}"]))
+}
+
+/// The image for stand-in stack containers, built offline by .ci/test-images (busybox-static).
+pub const TEST_IMAGE: &str = "stackvault-test/busybox:1";
+
+/// A compose-labelled container (created, not started) mounting `volume` at /data.
+pub fn stack_container(project: &str, volume: &str) -> String {
+    docker(&[
+        "create", "--network", "none", "--label", &format!("com.docker.compose.project={project}"), "-v", &format!("{volume}:/data"), TEST_IMAGE, "sh",
+    ])
+}
+
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("stackvault.yaml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+pub fn du(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let md = std::fs::symlink_metadata(p).unwrap();
+        if md.is_dir() {
+            std::fs::read_dir(p).unwrap().map(|e| walk(&e.unwrap().path())).sum()
+        } else {
+            md.len()
+        }
+    }
+    walk(dir)
+}
+
+/// Every file below `dir`, recursively.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Helper containers still present whose purpose mentions `name` (other tests' helpers may run now).
+pub fn helpers_left(name: &str) -> Vec<String> {
+    let purposes = docker(&["ps", "-a", "--filter", "label=stackvault.helper", "--format", "{{.Label \"stackvault.helper\"}}"]);
+    purposes.lines().filter(|p| p.contains(name)).map(str::to_string).collect()
+}

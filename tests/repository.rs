@@ -1,0 +1,229 @@
+//! What the repository promises on its own: encryption that hides content and names and tells a wrong
+//! identity apart, damage that `verify --read-data` finds and attributes, and a crafted repository
+//! that cannot make restore write outside its destination.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use stackvault::repo::format::{Node, SourceKind, SourceRecord, Summary, Tree};
+use stackvault::repo::pack::Packer;
+use stackvault::repo::{BlobKind, Id, Repository, Snapshot};
+use stackvault::source::EntryKind;
+use stackvault::storage::filesystem::FilesystemStorage;
+
+fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stackvault"));
+    let recipient = ok(cmd.args(["keygen", "--output"]).arg(&path)).trim().to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    (path, recipient)
+}
+
+#[test]
+fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
+    let project = unique("enc");
+    let volume = format!("{project}_data");
+    let work = scratch("enc");
+    docker(&["volume", "create", &volume]);
+    let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &"4", &"--small", &"300"]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    let container = stack_container(&project, &volume);
+    let (identity, recipient) = keygen(&work, "identity.txt");
+    let (stranger, _) = keygen(&work, "stranger.txt");
+    let repo = work.join("repo");
+    let config = write_config(
+        &work,
+        &format!(
+            "stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\nencryption:\n  recipients: [\"{recipient}\"]\n",
+            repo.display()
+        ),
+    );
+    ok(stackvault(&config).arg("init"));
+    manifest(&volume_dir(&volume), &work.join("before.json"));
+    ok(stackvault(&config).arg("backup"));
+
+    for file in files(&repo) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in [KNOWN_PLAINTEXT.as_bytes(), "résumé".as_bytes(), b"big.bin"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains {:?}", file.display(), text(needle));
+        }
+    }
+
+    let wrong = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")).arg("--identity").arg(&stranger));
+    assert!(!wrong.status.success());
+    assert!(text(&wrong.stderr).contains("identity does not match any recipient"), "{}", text(&wrong.stderr));
+    let missing = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")));
+    assert!(text(&missing.stderr).contains("--identity"), "{}", text(&missing.stderr));
+
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    ok(stackvault(&config).args(["restore", "latest", "--identity"]).arg(&identity));
+    manifest(&volume_dir(&volume), &work.join("after.json"));
+    assert_same(&work.join("before.json"), &work.join("after.json"));
+    ok(stackvault(&config).args(["verify", "--read-data", "--identity"]).arg(&identity));
+    docker(&["volume", "rm", &volume]);
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    perms.set_mode(0o644);
+    std::fs::set_permissions(path, perms).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = (at as usize) % bytes.len();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks() {
+    let work = scratch("flip");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let made = python("fixture.py", &[&"make", &data, &"--big-mib", &"40", &"--small", &"200"]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("stack: flip\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    std::fs::write(data.join("new-call.wav"), vec![7u8; 3 << 20]).unwrap();
+    ok(stackvault(&config).arg("backup"));
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+
+    let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    let packs: Vec<_> = files(&repo.join("packs"));
+    assert!(packs.len() >= 3, "the data spans several packs: {}", packs.len());
+    for pack in packs {
+        let original = std::fs::read(&pack).unwrap();
+        for at in [0, original.len() as u64 / 2, original.len() as u64 - 1] {
+            flip_byte(&pack, at);
+            let out = run(stackvault(&config).args(["verify", "--read-data"]));
+            assert!(!out.status.success(), "verify passed with a flipped byte at {at} in {}", pack.display());
+            let pack_id = pack.file_name().unwrap().to_str().unwrap();
+            for s in snapshots.as_array().unwrap() {
+                let id = s["id"].as_str().unwrap();
+                let uses = s["snapshot"]["packs"].as_array().unwrap().iter().any(|p| p == pack_id);
+                let line = if uses { format!("snapshot {id}: BROKEN") } else { format!("snapshot {id}: ok") };
+                assert!(text(&out.stdout).contains(&line), "expected {line:?}:\n{}", text(&out.stdout));
+            }
+            std::fs::write(&pack, &original).unwrap();
+        }
+    }
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+fn node(name: &[u8], kind: EntryKind) -> Node {
+    Node { name: name.to_vec(), kind, mode: 0o755, uid: 0, gid: 0, mtime_ns: 0, size: 0, content: vec![], subtree: None, target: vec![], rdev: 0, xattrs: vec![] }
+}
+
+/// Writes a repository whose one snapshot holds `entries` at the root, as an attacker with write
+/// access to the storage could: through the library's own writer, with trees no walker would produce.
+fn crafted_repository(dir: &Path, entries: Vec<Node>, extra_trees: Vec<Tree>) -> std::path::PathBuf {
+    let repo_dir = dir.join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let repo = Repository::init(Arc::new(FilesystemStorage::open(&repo_dir).unwrap()), &[]).unwrap();
+    let mut packer = Packer::start(&repo, vec![]);
+    let payload = b"escaped".to_vec();
+    packer.add(Id::of(&payload), BlobKind::Data, payload).unwrap();
+    for tree in extra_trees {
+        let bytes = serde_json::to_vec(&tree).unwrap();
+        packer.add(Id::of(&bytes), BlobKind::Tree, bytes).unwrap();
+    }
+    let root_tree = serde_json::to_vec(&Tree { nodes: entries }).unwrap();
+    let root_id = Id::of(&root_tree);
+    packer.add(root_id, BlobKind::Tree, root_tree).unwrap();
+    let report = packer.finish().unwrap();
+    let mut root = node(b"", EntryKind::Dir);
+    root.subtree = Some(root_id);
+    let source = SourceRecord {
+        kind: SourceKind::Path,
+        name: "/crafted".into(),
+        root,
+        mounted_by: vec![],
+        volume_driver: None,
+        volume_labels: Default::default(),
+        entries: 1,
+        bytes: 0,
+    };
+    let snapshot = Snapshot {
+        version: 1,
+        time: "2026-01-01T00:00:00Z".into(),
+        stack: "crafted".into(),
+        hostname: "attacker".into(),
+        program: "crafted".into(),
+        sources: vec![source],
+        packs: report.packs.iter().map(|p| p.pack).collect(),
+        summary: Summary::default(),
+    };
+    repo.save_snapshot(&snapshot).unwrap();
+    repo_dir
+}
+
+fn file_node(name: &[u8]) -> Node {
+    let mut n = node(name, EntryKind::File);
+    n.content = vec![Id::of(b"escaped")];
+    n.size = 7;
+    n
+}
+
+#[test]
+fn a_crafted_repository_restores_nothing_outside_its_destination() {
+    let outside_name = "outside";
+    let dir_with = |name: &[u8], children: Vec<Node>| {
+        let tree = Tree { nodes: children };
+        let mut n = node(name, EntryKind::Dir);
+        n.subtree = Some(Id::of(&serde_json::to_vec(&tree).unwrap()));
+        (n, tree)
+    };
+    let symlink = |name: &[u8], target: &Path| {
+        let mut n = node(name, EntryKind::Symlink);
+        n.target = target.as_os_str().as_encoded_bytes().to_vec();
+        n
+    };
+    let hardlink = |name: &[u8], target: &[u8]| {
+        let mut n = node(name, EntryKind::Hardlink);
+        n.target = target.to_vec();
+        n
+    };
+    type Case<'a> = Box<dyn Fn(&Path) -> (Vec<Node>, Vec<Tree>) + 'a>;
+    let cases: Vec<(&str, Case<'_>)> = vec![
+        ("a directory named ..", Box::new(move |_| {
+            let (d, t) = dir_with(b"..", vec![file_node(b"escaped-dotdot")]);
+            (vec![d], vec![t])
+        })),
+        ("an absolute name", Box::new(|outside| (vec![file_node(outside.join("escaped-abs").as_os_str().as_encoded_bytes())], vec![]))),
+        ("a name with slashes", Box::new(|_| (vec![file_node(format!("../../{outside_name}/escaped-slash").as_bytes())], vec![]))),
+        ("a file through a symlink", Box::new(move |outside| {
+            let (d, t) = dir_with(b"link", vec![file_node(b"escaped-through-link")]);
+            (vec![symlink(b"link", outside), d], vec![t])
+        })),
+        ("a file over a symlink", Box::new(|outside| (vec![symlink(b"link", &outside.join("escaped-over-link")), file_node(b"link")], vec![]))),
+        ("a hardlink through a symlink", Box::new(|outside| (vec![symlink(b"link", outside), hardlink(b"h", b"link/victim")], vec![]))),
+        ("a hardlink up and out", Box::new(|_| (vec![hardlink(b"h", format!("../{outside_name}/victim").as_bytes())], vec![]))),
+    ];
+    for (what, case) in cases {
+        let work = scratch("craft");
+        let outside = work.join(outside_name);
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"precious").unwrap();
+        let (entries, trees) = case(&outside);
+        let repo = crafted_repository(&work, entries, trees);
+        let config = write_config(&work, &format!("stack: crafted\nrepository:\n  filesystem:\n    path: {}\n", repo.display()));
+        let dest = work.join("dest");
+        let out = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
+        assert!(!out.status.success(), "{what}: restore succeeded");
+        let mut outside_now: Vec<_> = files(&outside).into_iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+        outside_now.sort();
+        assert_eq!(outside_now, vec![std::ffi::OsString::from("victim")], "{what}: something was written outside");
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious", "{what}: the victim changed");
+        for escaped in ["escaped", "escaped-dotdot", "escaped-slash"] {
+            assert!(!work.join(escaped).exists() && !work.join("dest").join(escaped).exists(), "{what}: {escaped} escaped");
+        }
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! The user's story against a real Docker engine: a compose stack's volume is backed up, lost,
+//! restored, changed, backed up again and restored again; an independent checker (tests/treecheck.py)
+//! compares every property. Needs root on the Docker host: the scene is written into the volume's
+//! mountpoint directly, and read back from there.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_only_the_change() {
+    let project = unique("vol");
+    let volume = format!("{project}_data");
+    let work = scratch("vol");
+    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+    let mountpoint = volume_dir(&volume);
+    let made = python("fixture.py", &[&"make", &mountpoint, &"--big-mib", &"200", &"--small", &"10000"]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    let container = stack_container(&project, &volume);
+    let repo = work.join("repo");
+    let config = write_config(
+        &work,
+        &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display()),
+    );
+    ok(stackvault(&config).arg("init"));
+    manifest(&mountpoint, &work.join("state1.json"));
+    let out = ok(stackvault(&config).arg("backup"));
+    assert!(out.contains(&format!("Volume {volume}")), "{out}");
+    let first_size = du(&repo);
+
+    // Disaster: the stack and its volume are gone.
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    ok(stackvault(&config).args(["restore", "latest"]));
+    let labels = docker(&["volume", "inspect", &volume, "-f", "{{index .Labels \"com.docker.compose.project\"}}"]);
+    assert_eq!(labels, project, "the volume is recreated with its compose labels");
+    manifest(&volume_dir(&volume), &work.join("restored1.json"));
+    assert_same(&work.join("state1.json"), &work.join("restored1.json"));
+
+    // One small file changes and 1 MiB is appended to the big one.
+    let container = stack_container(&project, &volume);
+    let mutated = python("fixture.py", &[&"mutate", &volume_dir(&volume)]);
+    assert!(mutated.status.success(), "mutate: {}", text(&mutated.stderr));
+    manifest(&volume_dir(&volume), &work.join("state2.json"));
+    ok(stackvault(&config).arg("backup"));
+    let growth = du(&repo) - first_size;
+    assert!(growth * 100 < first_size, "the second backup grew the repository by {growth} bytes, over 1% of {first_size}");
+
+    // Restore the second state over the first: refused without --force, exact with it.
+    let refused = run(stackvault(&config).args(["restore", "latest"]));
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("not empty"), "{}", text(&refused.stderr));
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    ok(stackvault(&config).args(["restore", "latest"]));
+    manifest(&volume_dir(&volume), &work.join("restored2.json"));
+    assert_same(&work.join("state2.json"), &work.join("restored2.json"));
+
+    // The first snapshot is still whole, restorable by id next to the second.
+    let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    let first_id = snapshots[0]["id"].as_str().unwrap().to_string();
+    ok(stackvault(&config).args(["restore", &first_id[..12], "--to"]).arg(work.join("first")));
+    manifest(&work.join("first/volume").join(&volume), &work.join("first.json"));
+    assert_same(&work.join("state1.json"), &work.join("first.json"));
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+
+    assert!(helpers_left(&volume).is_empty(), "helpers left behind: {:?}", helpers_left(&volume));
+    docker(&["volume", "rm", &volume]);
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
+fn a_selection_that_matches_nothing_and_a_path_without_repository_fail_clearly() {
+    let work = scratch("sel");
+    let repo = work.join("not-a-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let config = write_config(
+        &work,
+        &format!("stack: x\ndocker:\n  select:\n    project: {}\nrepository:\n  filesystem:\n    path: {}\n", unique("nothing"), repo.display()),
+    );
+    let out = run(stackvault(&config).arg("backup"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no stackvault repository"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0, "nothing is written into a path that holds no repository");
+
+    ok(stackvault(&config).arg("init"));
+    let out = run(stackvault(&config).arg("backup"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no container matches"), "{}", text(&out.stderr));
+    assert!(std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0) == 0);
+    std::fs::remove_dir_all(&work).unwrap();
+}
