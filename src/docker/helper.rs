@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -123,7 +123,14 @@ impl Helper {
             open_stdin: Some(spec.stdin),
             stdin_once: Some(spec.stdin),
             network_disabled: Some(true),
-            host_config: Some(HostConfig { binds: Some(spec.binds.clone()), network_mode: Some("none".into()), ..Default::default() }),
+            host_config: Some(HostConfig {
+                binds: Some(spec.binds.clone()),
+                network_mode: Some("none".into()),
+                // The default json-file driver would also log every byte of the tree stream, as JSON:
+                // that costs 5x the transfer and fills the host's disk.
+                log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().build();

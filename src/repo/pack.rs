@@ -219,6 +219,25 @@ enum PackStream {
     Sealed(age::stream::StreamReader<Box<dyn ObjectReader>>),
 }
 
+/// A pack stream that knows where it stands: blobs are mostly read in pack order, and a seek to the
+/// current position would still throw away the read buffer (or re-decrypt an age segment).
+struct OpenStream {
+    stream: PackStream,
+    position: u64,
+}
+
+impl OpenStream {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if offset != self.position {
+            self.stream.seek(SeekFrom::Start(offset))?;
+            self.position = offset;
+        }
+        self.stream.read_exact(buf)?;
+        self.position += buf.len() as u64;
+        Ok(())
+    }
+}
+
 impl Read for PackStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -243,7 +262,7 @@ pub struct BlobReader<'a> {
     repo: &'a Repository,
     index: &'a Index,
     identities: Option<&'a Identities>,
-    open: Vec<(Id, PackStream)>,
+    open: Vec<(Id, OpenStream)>,
     decompressor: zstd::bulk::Decompressor<'static>,
     frame: Vec<u8>,
 }
@@ -265,8 +284,7 @@ impl<'a> BlobReader<'a> {
         let what = format!("pack {pack_id}");
         let mut frame = std::mem::take(&mut self.frame);
         frame.resize(location.length as usize, 0);
-        let stream = self.stream(pack_id)?;
-        let read = stream.seek(SeekFrom::Start(location.offset)).and_then(|_| stream.read_exact(&mut frame));
+        let read = self.stream(pack_id)?.read_at(location.offset, &mut frame);
         let decoded = match read {
             Ok(()) => decode_frame(&mut self.decompressor, &frame, id, &location).map_err(|detail| RepoError::corrupt(&what, detail)),
             Err(e) => Err(RepoError::corrupt(&what, format!("reading blob {id}: {e}"))),
@@ -275,12 +293,12 @@ impl<'a> BlobReader<'a> {
         decoded
     }
 
-    fn stream(&mut self, pack_id: Id) -> Result<&mut PackStream, RepoError> {
+    fn stream(&mut self, pack_id: Id) -> Result<&mut OpenStream, RepoError> {
         if let Some(pos) = self.open.iter().position(|(id, _)| *id == pack_id) {
             let entry = self.open.remove(pos);
             self.open.push(entry);
         } else {
-            let stream = open_pack_stream(self.repo, self.identities, pack_id)?;
+            let stream = OpenStream { stream: open_pack_stream(self.repo, self.identities, pack_id)?, position: 0 };
             if self.open.len() == OPEN_PACKS {
                 self.open.remove(0);
             }
@@ -329,15 +347,14 @@ pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index
     if repo.config.encryption.is_some() && identities.is_none() {
         return Ok(problems);
     }
-    let mut stream = open_pack_stream(repo, identities, pack_id)?;
+    let mut stream = OpenStream { stream: open_pack_stream(repo, identities, pack_id)?, position: 0 };
     let mut decompressor = zstd::bulk::Decompressor::new().expect("zstd");
     let mut frame = Vec::new();
     let mut blobs: Vec<&(Id, Location)> = pack_index.iter().collect();
     blobs.sort_by_key(|(_, l)| l.offset);
     for (id, location) in blobs {
         frame.resize(location.length as usize, 0);
-        let read = stream.seek(SeekFrom::Start(location.offset)).and_then(|_| stream.read_exact(&mut frame));
-        if let Err(e) = read {
+        if let Err(e) = stream.read_at(location.offset, &mut frame) {
             problems.push(format!("pack {pack_id}: blob {id}: {e}"));
             break;
         }

@@ -69,7 +69,7 @@ pub fn volume_dir(volume: &str) -> PathBuf {
     PathBuf::from(docker(&["volume", "inspect", volume, "-f", "{{.Mountpoint}}"]))
 }
 
-/// The image for stand-in stack containers, built offline by .ci/test-images (busybox-static).
+/// The image for stand-in stack containers, built offline by .ci/setup (busybox-static).
 pub const TEST_IMAGE: &str = "stackvault-test/busybox:1";
 
 /// A compose-labelled container (created, not started) mounting `volume` at /data.
