@@ -2,10 +2,10 @@
 //! each directory becomes a tree blob, and only blobs the repository lacks go to the packer.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
+use std::sync::Arc;
 
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
-use crate::repo::pack::Packer;
+use crate::repo::pack::{Packer, ENTRY_HEADER};
 use crate::repo::{BlobKind, Id, Index, RepoError};
 use crate::source::{EntryKind, Event, EventSource, Meta, SourceError};
 
@@ -26,7 +26,8 @@ pub struct TreeStats {
 pub struct Archiver<'a> {
     index: &'a Index,
     packer: Packer,
-    chunker: ChunkerParams,
+    /// Shared so that a file's loop can hold it while the rest of `self` is borrowed mutably.
+    cutter: Arc<Cutter>,
     /// New blobs handed to the packer in this run.
     queued: HashSet<Id>,
     /// Packs (positions in the index) holding existing blobs this run referenced.
@@ -36,7 +37,7 @@ pub struct Archiver<'a> {
 
 impl<'a> Archiver<'a> {
     pub fn new(index: &'a Index, packer: Packer, chunker: ChunkerParams) -> Self {
-        Archiver { index, packer, chunker, queued: HashSet::new(), reused_packs: HashSet::new(), new_bytes: 0 }
+        Archiver { index, packer, cutter: Arc::new(Cutter::new(&chunker)), queued: HashSet::new(), reused_packs: HashSet::new(), new_bytes: 0 }
     }
 
     /// Consumes one whole tree; returns the root directory as a node whose subtree holds the rest.
@@ -84,37 +85,83 @@ impl<'a> Archiver<'a> {
         }
     }
 
+    /// Cuts one file's content (its `Data` events up to `FileEnd`) into chunks and stores the new ones.
+    /// Each chunk is assembled directly in an entry buffer of the packer, behind the room for its tar
+    /// header, so its bytes are copied once on their way from the source to the compressor.
     fn file_content(&mut self, source: &mut dyn EventSource) -> Result<(Vec<Id>, u64), ArchiveError> {
-        let ChunkerParams { min_size, avg_size, max_size } = self.chunker;
-        let mut reader = FileContent { source, piece: Vec::new(), pos: 0, ended: false, failure: None };
+        let cutter = self.cutter.clone();
+        let cutter = &*cutter;
         let mut content = Vec::new();
         let mut size = 0;
-        let chunks = fastcdc::v2020::StreamCDC::new(&mut reader, min_size, avg_size, max_size);
-        let mut failed = None;
-        for chunk in chunks {
-            match chunk {
-                Ok(chunk) => {
-                    let id = Id::of(&chunk.data);
-                    size += chunk.length as u64;
-                    content.push(id);
-                    self.store(id, BlobKind::Data, chunk.data)?;
+        let mut entry = self.packer.entry_buffer();
+        let mut scan = cutter.start();
+        loop {
+            match source.next_event() {
+                Ok(Event::Data(piece)) => {
+                    let mut rest = &piece[..];
+                    while !rest.is_empty() {
+                        // A cut can come anywhere past `min_size`: taking little at a time from there on
+                        // keeps what is copied twice (the bytes behind a cut) small.
+                        let have = entry.len() - ENTRY_HEADER;
+                        let want = cutter.min_size.saturating_sub(have) + CUT_STEP;
+                        let take = want.min(cutter.max_size - have).min(rest.len());
+                        entry.extend_from_slice(&rest[..take]);
+                        rest = &rest[take..];
+                        while let Some(cut) = cutter.scan(&mut scan, &entry[ENTRY_HEADER..], false) {
+                            entry = self.chunk(entry, cut, &mut content, &mut size)?;
+                            scan = cutter.start();
+                        }
+                    }
+                }
+                Ok(Event::FileEnd) => break,
+                Ok(other) => {
+                    self.packer.recycle(entry);
+                    return Err(SourceError::Malformed(format!("unexpected {other:?} inside a file")).into());
                 }
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    self.packer.recycle(entry);
+                    return Err(e.into());
                 }
             }
         }
-        if let Some(e) = failed {
-            return Err(reader.failure.take().map(ArchiveError::Source).unwrap_or_else(|| SourceError::Stream(io::Error::other(e.to_string())).into()));
+        while entry.len() > ENTRY_HEADER {
+            let cut = cutter.scan(&mut scan, &entry[ENTRY_HEADER..], true).expect("at the end of a file there is always a cut");
+            entry = self.chunk(entry, cut, &mut content, &mut size)?;
+            scan = cutter.start();
         }
+        self.packer.recycle(entry);
         Ok((content, size))
     }
 
-    fn store(&mut self, id: Id, kind: BlobKind, data: Vec<u8>) -> Result<(), RepoError> {
+    /// Stores the first `cut` bytes of `entry` as a chunk; returns a new entry buffer holding the rest.
+    fn chunk(&mut self, mut entry: Vec<u8>, cut: usize, content: &mut Vec<Id>, size: &mut u64) -> Result<Vec<u8>, RepoError> {
+        let mut next = self.packer.entry_buffer();
+        next.extend_from_slice(&entry[ENTRY_HEADER + cut..]);
+        entry.truncate(ENTRY_HEADER + cut);
+        let id = Id::of(&entry[ENTRY_HEADER..]);
+        *size += cut as u64;
+        content.push(id);
+        if self.is_new(id) {
+            self.new_bytes += cut as u64;
+            self.packer.add_entry(id, BlobKind::Data, entry)?;
+        } else {
+            self.packer.recycle(entry);
+        }
+        Ok(next)
+    }
+
+    /// Whether `id` must be stored: neither in the repository nor queued in this run already.
+    fn is_new(&mut self, id: Id) -> bool {
         if let Some(location) = self.index.get(&id) {
             self.reused_packs.insert(location.pack);
-        } else if self.queued.insert(id) {
+            false
+        } else {
+            self.queued.insert(id)
+        }
+    }
+
+    fn store(&mut self, id: Id, kind: BlobKind, data: Vec<u8>) -> Result<(), RepoError> {
+        if self.is_new(id) {
             if kind == BlobKind::Data {
                 self.new_bytes += data.len() as u64;
             }
@@ -152,42 +199,193 @@ pub fn node_from(meta: Meta, content: Vec<Id>, subtree: Option<Id>) -> Node {
     }
 }
 
-/// One file's content as a `Read`, pulling `Data` events up to the file's end.
-struct FileContent<'s> {
-    source: &'s mut dyn EventSource,
-    piece: Vec<u8>,
-    pos: usize,
-    ended: bool,
-    /// The source's own error, kept whole; the chunker only passes io errors through.
-    failure: Option<SourceError>,
+/// Bytes taken into a chunk at a time once a cut may come (see `Archiver::file_content`).
+const CUT_STEP: usize = 32 << 10;
+
+/// FastCDC (the `fastcdc` crate's v2020 algorithm, normalization level 1, as its `StreamCDC` cuts)
+/// run incrementally: a chunk's bytes can arrive in any number of pieces, and each byte is scanned once.
+struct Cutter {
+    min_size: usize,
+    avg_size: usize,
+    max_size: usize,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
 }
 
-impl Read for FileContent<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.piece.len() {
-            if self.ended {
-                return Ok(0);
+/// Where the scan of the current chunk stands: the next byte pair to look at, and the rolling hash.
+struct Scan {
+    pair: usize,
+    hash: u64,
+}
+
+impl Cutter {
+    fn new(params: &ChunkerParams) -> Self {
+        use fastcdc::v2020 as cdc;
+        let ChunkerParams { min_size, avg_size, max_size } = *params;
+        // The limits StreamCDC enforces; the repository's parameters always lie within them.
+        assert!((cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min_size), "chunker min_size out of range");
+        assert!((cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg_size), "chunker avg_size out of range");
+        assert!((cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&max_size), "chunker max_size out of range");
+        let bits = cdc::logarithm2(avg_size);
+        let normalization = cdc::Normalization::Level1.bits();
+        let (gear, gear_ls) = cdc::get_gear_with_seed(0);
+        Cutter {
+            min_size: min_size as usize,
+            avg_size: avg_size as usize,
+            max_size: max_size as usize,
+            mask_s: cdc::MASKS[(bits + normalization) as usize],
+            mask_l: cdc::MASKS[(bits - normalization) as usize],
+            gear,
+            gear_ls,
+        }
+    }
+
+    fn start(&self) -> Scan {
+        Scan { pair: self.min_size / 2, hash: 0 }
+    }
+
+    /// Looks for the end of the chunk whose bytes so far are `data` (`ended`: the file has no more);
+    /// returns its length, or `None` when the cut lies beyond `data`. The result is the one
+    /// `fastcdc::v2020::cut_gear` gives for the chunk's start with up to `max_size` bytes behind it.
+    fn scan(&self, scan: &mut Scan, data: &[u8], ended: bool) -> Option<usize> {
+        let n = data.len();
+        if ended && n <= self.min_size {
+            return Some(n);
+        }
+        // cut_gear looks at byte pairs (2i, 2i+1) for i below half the bytes it has, up to max_size:
+        // with the small mask below avg_size, the large one above.
+        let pairs = n.min(self.max_size) / 2;
+        let mut hash = scan.hash;
+        let mut pair = scan.pair;
+        let (gear, gear_ls) = (&*self.gear, &*self.gear_ls);
+        let small_end = (self.avg_size / 2).min(pairs);
+        let (mask_s, mask_s_ls) = (self.mask_s, self.mask_s << 1);
+        while pair < small_end {
+            let a = pair * 2;
+            hash = (hash << 2).wrapping_add(gear_ls[data[a] as usize]);
+            if hash & mask_s_ls == 0 {
+                return Some(a);
             }
-            match self.source.next_event() {
-                Ok(Event::Data(piece)) => {
-                    self.piece = piece;
-                    self.pos = 0;
-                }
-                Ok(Event::FileEnd) => self.ended = true,
-                Ok(other) => {
-                    self.failure = Some(SourceError::Malformed(format!("unexpected {other:?} inside a file")));
-                    return Err(io::Error::other("malformed tree stream"));
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    self.failure = Some(e);
-                    return Err(io::Error::other(message));
-                }
+            hash = hash.wrapping_add(gear[data[a + 1] as usize]);
+            if hash & mask_s == 0 {
+                return Some(a + 1);
+            }
+            pair += 1;
+        }
+        let (mask_l, mask_l_ls) = (self.mask_l, self.mask_l << 1);
+        while pair < pairs {
+            let a = pair * 2;
+            hash = (hash << 2).wrapping_add(gear_ls[data[a] as usize]);
+            if hash & mask_l_ls == 0 {
+                return Some(a);
+            }
+            hash = hash.wrapping_add(gear[data[a + 1] as usize]);
+            if hash & mask_l == 0 {
+                return Some(a + 1);
+            }
+            pair += 1;
+        }
+        scan.hash = hash;
+        scan.pair = pair;
+        if ended || n >= self.max_size {
+            // No cut point: the chunk is all there is, or as large as allowed.
+            Some(n.min(self.max_size))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::BlobReader;
+    use crate::repo::Repository;
+    use crate::source::Meta;
+    use crate::storage::filesystem::FilesystemStorage;
+
+    struct Events(std::vec::IntoIter<Event>);
+
+    impl EventSource for Events {
+        fn next_event(&mut self) -> Result<Event, SourceError> {
+            Ok(self.0.next().unwrap_or(Event::End))
+        }
+    }
+
+    fn meta(name: &str, kind: EntryKind) -> Meta {
+        Meta { name: name.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new() }
+    }
+
+    /// Pseudo-random bytes with runs of zeros (which hit `max_size`) and of a short repeated pattern.
+    fn content(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 23 {
+                0 => out.extend(std::iter::repeat(0u8).take((x >> 8) as usize % 9000)),
+                1 => out.extend(b"INSERT INTO t VALUES (1,'x');".iter().cycle().take((x >> 8) as usize % 3000)),
+                _ => out.extend_from_slice(&x.to_le_bytes()),
             }
         }
-        let n = buf.len().min(self.piece.len() - self.pos);
-        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        out.truncate(len);
+        out
+    }
+
+    /// What StreamCDC, as the archiver used it before, makes of `data`.
+    fn reference(data: &[u8], params: &ChunkerParams) -> Vec<Id> {
+        fastcdc::v2020::StreamCDC::new(data, params.min_size, params.avg_size, params.max_size)
+            .map(|c| Id::of(&c.unwrap().data))
+            .collect()
+    }
+
+    #[test]
+    fn chunks_match_streamcdc_for_any_piece_sizes_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("sv-archiver-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut repo = Repository::init(Arc::new(FilesystemStorage::open(&dir).unwrap()), &[]).unwrap();
+        let params = ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 };
+        repo.config.chunker = params.clone();
+        let (min, avg, max) = (1024, 4096, 16384);
+        let sizes = [0, 1, 2, min - 1, min, min + 1, avg - 1, avg, avg + 1, max - 1, max, max + 1, 2 * max + 3, 300_001, 1_000_000];
+        let piece_sizes = [1, 7, 1000, 4097, 65536, 1 << 20];
+        let mut events = vec![Event::Dir(meta("", EntryKind::Dir))];
+        let mut files = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            for (j, &piece) in piece_sizes.iter().enumerate() {
+                let data = content(len, (i * 100 + j) as u64 + 1);
+                let name = format!("f{i:02}-{j}");
+                events.push(Event::File(meta(&name, EntryKind::File)));
+                events.extend(data.chunks(piece).map(|p| Event::Data(p.to_vec())));
+                events.push(Event::FileEnd);
+                files.push((name, data));
+            }
+        }
+        events.push(Event::DirEnd);
+        let index = Index::default();
+        let mut archiver = Archiver::new(&index, Packer::start(&repo, Vec::new()), params.clone());
+        let (root, _) = archiver.archive(&mut Events(events.into_iter())).unwrap();
+        archiver.finish().unwrap();
+
+        let index = repo.load_index().unwrap();
+        let mut reader = BlobReader::new(&repo, &index, None).unwrap();
+        let tree: Tree = serde_json::from_slice(&reader.read(&root.subtree.unwrap()).unwrap()).unwrap();
+        assert_eq!(tree.nodes.len(), files.len());
+        for (node, (name, data)) in tree.nodes.iter().zip(&files) {
+            assert_eq!(node.name, name.as_bytes());
+            assert_eq!(node.size, data.len() as u64);
+            assert_eq!(node.content, reference(data, &params), "chunks of {name}");
+            let mut restored = Vec::new();
+            for id in &node.content {
+                restored.extend(reader.read(id).unwrap());
+            }
+            assert!(restored == *data, "content of {name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,12 @@
 //! Packs: a plain tar of blobs, each tar entry (header, content, padding) compressed as its own zstd
 //! frame so that one blob can be read from its frame alone, the whole optionally age-encrypted. Writing
 //! runs as a small pipeline: compressor threads turn blobs into frames, one writer thread appends them
-//! to the open pack and stores it when full, then stores the pack's index object.
+//! to the open pack and seals it when full, and a committer thread stores each sealed pack (fsync, its
+//! final name), then the pack's index object, while the writer fills the next one.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -93,10 +95,55 @@ pub struct PackReport {
     pub stored_bytes: u64,
 }
 
+/// Room a blob's entry buffer keeps in front of the blob's bytes, for its tar header.
+pub const ENTRY_HEADER: usize = TAR_BLOCK;
+
+/// Idle buffers, kept for reuse: the pipeline moves the same few multi-MiB buffers round instead of
+/// allocating (and faulting in) fresh ones for every blob.
+struct Pool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// The capacity a new buffer gets.
+    capacity: usize,
+    /// At most this many idle buffers are kept.
+    keep: usize,
+}
+
+impl Pool {
+    fn new(capacity: usize, keep: usize) -> Self {
+        Pool { free: Mutex::new(Vec::new()), capacity, keep }
+    }
+
+    /// An empty buffer with at least the pool's capacity.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().expect("buffer pool").pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        // Oversized ones (a huge tree) are not kept: they would pin their memory for the whole run.
+        if buf.capacity() < self.capacity || buf.capacity() > 2 * self.capacity {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().expect("buffer pool");
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+}
+
+/// A blob on its way to a compressor: `entry` is `ENTRY_HEADER` bytes of room, then the blob's bytes.
+struct Job {
+    id: Id,
+    kind: BlobKind,
+    entry: Vec<u8>,
+}
+
 /// Accepts blobs (already known to be new) and stores them in packs. Dropping it without `finish`
 /// stores nothing further: an open pack is discarded, never half-visible.
 pub struct Packer {
-    jobs: Option<SyncSender<(Id, BlobKind, Vec<u8>)>>,
+    jobs: Option<SyncSender<Job>>,
+    entries: Arc<Pool>,
     compressors: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<Result<PackReport, RepoError>>>,
 }
@@ -104,24 +151,50 @@ pub struct Packer {
 impl Packer {
     pub fn start(repo: &Repository, recipients: Vec<Recipient>) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-        let (job_tx, job_rx) = sync_channel::<(Id, BlobKind, Vec<u8>)>(threads * 2);
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
         let (frame_tx, frame_rx) = sync_channel::<Frame>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
+        // An entry holds the largest chunk with its header and padding; small trees fit too.
+        let entry_capacity = ENTRY_HEADER + repo.config.chunker.max_size as usize + TAR_BLOCK;
+        let keep = 4 * threads + 4;
+        let entries = Arc::new(Pool::new(entry_capacity, keep));
+        let outputs = Arc::new(Pool::new(zstd::zstd_safe::compress_bound(entry_capacity), keep));
         let level = repo.config.zstd_level;
         let compressors = (0..threads)
             .map(|_| {
-                let (jobs, frames) = (job_rx.clone(), frame_tx.clone());
-                std::thread::spawn(move || compress_blobs(&jobs, &frames, level))
+                let (jobs, frames, entries, outputs) = (job_rx.clone(), frame_tx.clone(), entries.clone(), outputs.clone());
+                std::thread::spawn(move || compress_blobs(&jobs, &frames, &entries, &outputs, level))
             })
             .collect();
         let storage = repo.storage.clone();
         let pack_size = repo.config.pack_size;
-        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size));
-        Packer { jobs: Some(job_tx), compressors, writer: Some(writer) }
+        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, &outputs));
+        Packer { jobs: Some(job_tx), entries, compressors, writer: Some(writer) }
+    }
+
+    /// An empty entry buffer: `ENTRY_HEADER` bytes of room for the header, and capacity for the largest
+    /// chunk after them. Fill it, then hand it to `add_entry`, or give it back with `recycle`.
+    pub fn entry_buffer(&self) -> Vec<u8> {
+        let mut entry = self.entries.take();
+        entry.resize(ENTRY_HEADER, 0);
+        entry
+    }
+
+    /// Gives back an entry buffer that is not needed after all (its blob was a duplicate).
+    pub fn recycle(&self, entry: Vec<u8>) {
+        self.entries.give(entry);
     }
 
     pub fn add(&mut self, id: Id, kind: BlobKind, data: Vec<u8>) -> Result<(), RepoError> {
-        let sent = self.jobs.as_ref().expect("not finished").send((id, kind, data));
+        let mut entry = self.entry_buffer();
+        entry.extend_from_slice(&data);
+        self.add_entry(id, kind, entry)
+    }
+
+    /// Stores the blob `entry[ENTRY_HEADER..]` (an `entry_buffer` with the blob's bytes appended).
+    pub fn add_entry(&mut self, id: Id, kind: BlobKind, entry: Vec<u8>) -> Result<(), RepoError> {
+        debug_assert!(entry.len() >= ENTRY_HEADER);
+        let sent = self.jobs.as_ref().expect("not finished").send(Job { id, kind, entry });
         if sent.is_err() {
             // The writer stopped early; its error is the one to report.
             return Err(self.join().err().unwrap_or_else(|| RepoError::Crypto("the pack writer stopped".into())));
@@ -145,27 +218,70 @@ impl Packer {
     }
 }
 
-fn compress_blobs(jobs: &Mutex<Receiver<(Id, BlobKind, Vec<u8>)>>, frames: &SyncSender<Frame>, level: i32) {
+fn compress_blobs(jobs: &Mutex<Receiver<Job>>, frames: &SyncSender<Frame>, entries: &Pool, outputs: &Pool, level: i32) {
     let mut compressor = zstd::bulk::Compressor::new(level).expect("valid zstd level");
-    let mut entry = Vec::new();
     loop {
         let job = jobs.lock().expect("job queue").recv();
-        let Ok((id, kind, data)) = job else { return };
-        entry.clear();
-        entry.extend_from_slice(&tar_header(&id, kind, data.len() as u64));
-        entry.extend_from_slice(&data);
-        entry.resize(entry.len() + padding(data.len() as u64), 0);
-        let compressed = compressor.compress(&entry).expect("zstd compression of a bounded buffer");
-        if frames.send(Frame { id, kind, plain_length: data.len() as u64, compressed }).is_err() {
+        let Ok(Job { id, kind, mut entry }) = job else { return };
+        // The tar entry is built in place: header in the room at the front, padding appended.
+        let plain_length = (entry.len() - ENTRY_HEADER) as u64;
+        entry[..ENTRY_HEADER].copy_from_slice(&tar_header(&id, kind, plain_length));
+        entry.resize(entry.len() + padding(plain_length), 0);
+        let mut compressed = outputs.take();
+        compressed.reserve(zstd::zstd_safe::compress_bound(entry.len()));
+        compressor.compress_to_buffer(&entry, &mut compressed).expect("zstd compression into a large enough buffer");
+        entries.give(entry);
+        if frames.send(Frame { id, kind, plain_length, compressed }).is_err() {
             return;
         }
     }
 }
 
-fn write_packs(frames: Receiver<Frame>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64) -> Result<PackReport, RepoError> {
-    let mut report = PackReport::default();
+/// Appends frames to packs. A full pack is handed to a committer thread, which makes it durable
+/// (fsync, link, then its index object): the frames for the next pack keep flowing meanwhile.
+fn write_packs(frames: Receiver<Frame>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, outputs: &Pool) -> Result<PackReport, RepoError> {
+    let commit_failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // One sealed pack may wait while another is being committed.
+        let (sealed_tx, sealed_rx) = sync_channel::<SealedPack>(1);
+        let commit_failed = &commit_failed;
+        let committer = scope.spawn(move || -> Result<PackReport, RepoError> {
+            let mut report = PackReport::default();
+            for sealed in sealed_rx {
+                if let Err(e) = commit_pack(sealed, storage, &mut report) {
+                    commit_failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(report)
+        });
+        let written = fill_packs(frames, storage, recipients, pack_size, outputs, &sealed_tx, commit_failed);
+        drop(sealed_tx);
+        // A failed commit stops the writer too: the commit's error is the one to report.
+        let report = committer.join().expect("pack committer thread panicked")?;
+        written.map(|()| report)
+    })
+}
+
+fn fill_packs(
+    frames: Receiver<Frame>,
+    storage: &dyn Storage,
+    recipients: &[Recipient],
+    pack_size: u64,
+    outputs: &Pool,
+    sealed: &SyncSender<SealedPack>,
+    commit_failed: &AtomicBool,
+) -> Result<(), RepoError> {
+    let stopped = || RepoError::Crypto("the pack committer stopped".into());
     let mut open: Option<OpenPack> = None;
+    let hand_over = |pack: OpenPack| -> Result<(), RepoError> {
+        let pack = seal_pack(pack, storage)?;
+        sealed.send(pack).map_err(|_| stopped())
+    };
     for frame in frames {
+        if commit_failed.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         let pack = match open.as_mut() {
             Some(pack) => pack,
             None => open.insert(open_pack(storage, recipients)?),
@@ -179,15 +295,16 @@ fn write_packs(frames: Receiver<Frame>, storage: &dyn Storage, recipients: &[Rec
             plain_length: frame.plain_length,
         });
         pack.plain_offset += frame.compressed.len() as u64;
+        outputs.give(frame.compressed);
         // The plaintext length is within an age overhead of 0.03 % of the stored size: close enough.
         if pack.plain_offset >= pack_size {
-            close_pack(open.take().unwrap(), storage, &mut report)?;
+            hand_over(open.take().unwrap())?;
         }
     }
     if let Some(pack) = open {
-        close_pack(pack, storage, &mut report)?;
+        hand_over(pack)?;
     }
-    Ok(report)
+    Ok(())
 }
 
 fn open_pack(storage: &dyn Storage, recipients: &[Recipient]) -> Result<OpenPack, RepoError> {
@@ -196,16 +313,27 @@ fn open_pack(storage: &dyn Storage, recipients: &[Recipient]) -> Result<OpenPack
     Ok(OpenPack { sink, plain_offset: 0, blobs: Vec::new() })
 }
 
-fn close_pack(mut pack: OpenPack, storage: &dyn Storage, report: &mut PackReport) -> Result<(), RepoError> {
+/// A pack with all its bytes written, not yet durable nor under its name.
+struct SealedPack {
+    tally: Tally,
+    blobs: Vec<PackedBlob>,
+}
+
+fn seal_pack(mut pack: OpenPack, storage: &dyn Storage) -> Result<SealedPack, RepoError> {
     let io_err = |e| StorageError::from_io(storage.location(), e);
     // The tar end-of-archive marker, as one more frame, keeps the pack a complete .tar.zst.
     let end = zstd::bulk::compress(&[0u8; 2 * TAR_BLOCK], 3).map_err(io_err)?;
     pack.sink.write_all(&end).map_err(io_err)?;
     let tally = pack.sink.finish().map_err(io_err)?;
+    Ok(SealedPack { tally, blobs: pack.blobs })
+}
+
+fn commit_pack(sealed: SealedPack, storage: &dyn Storage, report: &mut PackReport) -> Result<(), RepoError> {
+    let SealedPack { tally, blobs } = sealed;
     let id = Id(*tally.hasher.finalize().as_bytes());
     let size = tally.count;
     tally.inner.commit(&Key::new(ObjectKind::Pack, id.hex()))?;
-    let pack_index = PackIndex { version: FORMAT_VERSION, pack: id, size, blobs: pack.blobs };
+    let pack_index = PackIndex { version: FORMAT_VERSION, pack: id, size, blobs };
     let bytes = serde_json::to_vec(&pack_index).expect("index serializes");
     storage.put(&Key::new(ObjectKind::Index, id.hex()), &bytes)?;
     report.stored_bytes += size;

@@ -20,7 +20,7 @@ pub fn walk(root: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>)
     if !md.is_dir() {
         return Err(SourceError::Refused(format!("{} is not a directory", root.display())));
     }
-    let mut walker = Walker { root: root.to_path_buf(), first_names: HashMap::new(), buf: vec![0u8; DATA_PIECE] };
+    let mut walker = Walker { root: root.to_path_buf(), first_names: HashMap::new() };
     let meta = walker.meta(root, Vec::new(), &md)?;
     emit(Event::Dir(meta))?;
     walker.children(root, emit)?;
@@ -32,7 +32,6 @@ struct Walker {
     root: PathBuf,
     /// (device, inode) of multiply-linked files already emitted, with the path of their first name.
     first_names: HashMap<(u64, u64), Vec<u8>>,
-    buf: Vec<u8>,
 }
 
 impl Walker {
@@ -83,11 +82,16 @@ impl Walker {
         let mut file = File::open(path).map_err(|e| SourceError::io(path.display(), e))?;
         emit(Event::File(meta))?;
         loop {
-            let n = file.read(&mut self.buf).map_err(|e| SourceError::io(path.display(), e))?;
-            if n == 0 {
+            // Read straight into the piece that travels on, rather than into a buffer to copy from.
+            let mut piece = Vec::with_capacity(DATA_PIECE);
+            let n = (&mut file).take(DATA_PIECE as u64).read_to_end(&mut piece).map_err(|e| SourceError::io(path.display(), e))?;
+            if n > 0 {
+                emit(Event::Data(piece))?;
+            }
+            // read_to_end stops short of the limit only at the end of the file.
+            if n < DATA_PIECE {
                 break;
             }
-            emit(Event::Data(self.buf[..n].to_vec()))?;
         }
         emit(Event::FileEnd)
     }
