@@ -90,3 +90,70 @@ fn a_selection_that_matches_nothing_and_a_path_without_repository_fail_clearly()
     assert!(std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0) == 0);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+fn snapshot_count(repo: &std::path::Path) -> usize {
+    std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A run that is stopped midway reports failure, leaves no snapshot and no helper for good; the next
+/// run completes and reuses what the stopped one stored.
+#[test]
+fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
+    let project = unique("kill");
+    let volume = format!("{project}_data");
+    let work = scratch("kill");
+    docker(&["volume", "create", &volume]);
+    let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &"600", &"--small", &"100"]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    let container = stack_container(&project, &volume);
+    let repo = work.join("repo");
+    let config = write_config(
+        &work,
+        &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display()),
+    );
+    ok(stackvault(&config).arg("init"));
+    let wait_for_helper = || {
+        for _ in 0..200 {
+            if !helpers_left(&volume).is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no helper appeared");
+    };
+
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let child = stackvault(&config).arg("backup").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        wait_for_helper();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        ok(std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("no snapshot was written"), "{}", text(&out.stderr));
+        assert_eq!(snapshot_count(&repo), 0, "SIG{signal} left a snapshot");
+        assert!(helpers_left(&volume).is_empty(), "SIG{signal} left helpers: {:?}", helpers_left(&volume));
+    }
+
+    // SIGKILL gives no chance to clean up: the helper stops by itself, the next run removes it.
+    let mut child = stackvault(&config).arg("backup").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for_helper();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
+    for _ in 0..600 {
+        let running = docker(&["ps", "-q", "--filter", "label=stackvault.helper", "--filter", "status=running"]);
+        if helpers_left(&volume).is_empty() || running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ok(stackvault(&config).arg("backup"));
+    assert_eq!(snapshot_count(&repo), 1);
+    assert!(helpers_left(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    std::fs::remove_dir_all(&work).unwrap();
+}

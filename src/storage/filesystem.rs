@@ -27,7 +27,22 @@ impl FilesystemStorage {
                 source: io::Error::new(io::ErrorKind::Other, "not a directory"),
             });
         }
-        Ok(FilesystemStorage { root: root.to_path_buf() })
+        let storage = FilesystemStorage { root: root.to_path_buf() };
+        storage.remove_abandoned_uploads();
+        Ok(storage)
+    }
+
+    /// Temporary files of a run that was killed. A live writer touches its file every few seconds
+    /// (a pack is at most tens of MiB), so one untouched for an hour is abandoned.
+    fn remove_abandoned_uploads(&self) {
+        let Ok(listing) = fs::read_dir(self.root.join("tmp")) else { return };
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for entry in listing.flatten() {
+            let stale = entry.metadata().and_then(|m| m.modified()).map(|t| t < hour_ago).unwrap_or(false);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn path(&self, key: &Key) -> PathBuf {
