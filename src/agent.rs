@@ -9,12 +9,15 @@ use std::path::Path;
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::{apply, walk, SourceError};
 
-/// Streams the tree at `root` to stdout. On failure the stream carries an error frame, so the reader
-/// learns why rather than seeing a truncated stream.
+/// Reads the stamps of the files the engine already has from stdin, then streams the tree at `root`
+/// to stdout, sending unchanged files as `Reused`. On failure the stream carries an error frame, so
+/// the reader learns why rather than seeing a truncated stream.
 pub fn read(root: &Path) -> Result<(), SourceError> {
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
+    let known = EventReader::new(BufReader::new(std::fs::File::from(stdin))).read_stamps()?;
     let stdout = std::io::stdout().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
     let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, std::fs::File::from(stdout)));
-    let result = walk::walk(root, &mut |event| out.write(&event).map_err(SourceError::Stream));
+    let result = walk::walk(root, &|path| known.get(path).copied(), &mut |event| out.write(&event).map_err(SourceError::Stream));
     match result {
         Ok(()) => out.flush().map_err(SourceError::Stream),
         Err(e) => {

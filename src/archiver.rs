@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::cache::{CachedFile, FilesCache};
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
 use crate::repo::pack::{Packer, ENTRY_HEADER};
 use crate::repo::{BlobKind, Id, Index, RepoError};
-use crate::source::{EntryKind, Event, EventSource, Meta, SourceError};
+use crate::source::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -21,6 +22,17 @@ pub enum ArchiveError {
 pub struct TreeStats {
     pub entries: u64,
     pub bytes: u64,
+    /// Files not read because their stamp matched the files cache.
+    pub unchanged_files: u64,
+}
+
+/// One archived tree.
+pub struct Archived {
+    /// The root directory, as a node whose subtree holds the rest.
+    pub root: Node,
+    pub stats: TreeStats,
+    /// Every regular file with its stamp and content, for the next run's files cache.
+    pub files: Vec<CachedFile>,
 }
 
 pub struct Archiver<'a> {
@@ -40,10 +52,15 @@ impl<'a> Archiver<'a> {
         Archiver { index, packer, cutter: Arc::new(Cutter::new(&chunker)), queued: HashSet::new(), reused_packs: HashSet::new(), new_bytes: 0 }
     }
 
-    /// Consumes one whole tree; returns the root directory as a node whose subtree holds the rest.
-    pub fn archive(&mut self, source: &mut dyn EventSource) -> Result<(Node, TreeStats), ArchiveError> {
+    /// Consumes one whole tree. `previous` is the source's files cache: a `Reused` file takes its content
+    /// from there.
+    pub fn archive(&mut self, source: &mut dyn EventSource, previous: Option<&FilesCache>) -> Result<Archived, ArchiveError> {
         let mut stats = TreeStats::default();
+        let mut files = Vec::new();
         let mut open: Vec<(Meta, Vec<Node>)> = Vec::new();
+        // The open directory's path below the root, and where each open level's name starts in it.
+        let mut dir_path: Vec<u8> = Vec::new();
+        let mut dir_starts: Vec<usize> = Vec::new();
         match source.next_event()? {
             Event::Dir(meta) => open.push((meta, Vec::new())),
             other => return Err(SourceError::Malformed(format!("a tree must start with its root directory, not {other:?}")).into()),
@@ -51,6 +68,8 @@ impl<'a> Archiver<'a> {
         let root = loop {
             let node = match source.next_event()? {
                 Event::Dir(meta) => {
+                    dir_starts.push(dir_path.len());
+                    dir_path = join(&dir_path, &meta.name);
                     open.push((meta, Vec::new()));
                     continue;
                 }
@@ -63,14 +82,32 @@ impl<'a> Archiver<'a> {
                     if open.is_empty() {
                         break node;
                     }
+                    dir_path.truncate(dir_starts.pop().expect("a directory below the root is open"));
                     node
                 }
                 Event::File(meta) => {
                     let (content, size) = self.file_content(source)?;
                     stats.bytes += size;
-                    let mut node = node_from(meta, content, None);
+                    let mut node = node_from(meta.clone(), content, None);
                     // What was read is what the snapshot holds, even if the file changed meanwhile.
                     node.size = size;
+                    files.push(cached(&dir_path, &meta, &node));
+                    node
+                }
+                Event::Reused(meta) => {
+                    let path = join(&dir_path, &meta.name);
+                    let content = previous.and_then(|p| p.content(&path)).map(<[Id]>::to_vec).ok_or_else(|| {
+                        SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
+                    })?;
+                    for id in &content {
+                        if self.is_new(*id) {
+                            return Err(RepoError::Missing(format!("blob {id} of reused file {}", String::from_utf8_lossy(&path))).into());
+                        }
+                    }
+                    stats.bytes += meta.size;
+                    stats.unchanged_files += 1;
+                    let node = node_from(meta.clone(), content, None);
+                    files.push(cached(&dir_path, &meta, &node));
                     node
                 }
                 Event::Leaf(meta) => node_from(meta, Vec::new(), None),
@@ -80,7 +117,7 @@ impl<'a> Archiver<'a> {
             open.last_mut().expect("a directory is open").1.push(node);
         };
         match source.next_event()? {
-            Event::End => Ok((root, stats)),
+            Event::End => Ok(Archived { root, stats, files }),
             other => Err(SourceError::Malformed(format!("expected the end of the tree, got {other:?}")).into()),
         }
     }
@@ -180,6 +217,22 @@ impl<'a> Archiver<'a> {
         packs.dedup();
         Ok((report, packs))
     }
+}
+
+/// `dir/name`, or `name` at the root: paths relative to the source's root, as the walker keys them.
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    if !dir.is_empty() {
+        path.extend_from_slice(dir);
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+fn cached(dir: &[u8], meta: &Meta, node: &Node) -> CachedFile {
+    let stamp = Stamp { size: node.size, ..meta.stamp() };
+    CachedFile { path: hex::encode(join(dir, &meta.name)), stamp, content: node.content.clone() }
 }
 
 pub fn node_from(meta: Meta, content: Vec<Id>, subtree: Option<Id>) -> Node {
@@ -315,7 +368,7 @@ mod tests {
     }
 
     fn meta(name: &str, kind: EntryKind) -> Meta {
-        Meta { name: name.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new() }
+        Meta { name: name.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new(), ctime_ns: 0, ino: 0 }
     }
 
     /// Pseudo-random bytes with runs of zeros (which hit `max_size`) and of a short repeated pattern.
@@ -369,7 +422,7 @@ mod tests {
         events.push(Event::DirEnd);
         let index = Index::default();
         let mut archiver = Archiver::new(&index, Packer::start(&repo, Vec::new()), params.clone());
-        let (root, _) = archiver.archive(&mut Events(events.into_iter())).unwrap();
+        let root = archiver.archive(&mut Events(events.into_iter()), None).unwrap().root;
         archiver.finish().unwrap();
 
         let index = repo.load_index().unwrap();

@@ -10,15 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::repo::{Id, Index};
-
-/// What must be equal for a file to count as unchanged (as restic and borg decide it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub ino: u64,
-}
+use crate::source::Stamp;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachedFile {
@@ -70,12 +62,12 @@ impl FilesCache {
         self.files.iter().map(|(p, (s, _))| (p.as_slice(), s))
     }
 
-    pub fn content(&self, path: &[u8]) -> Option<&[Id]> {
-        self.files.get(path).map(|(_, c)| c.as_slice())
+    pub fn stamp(&self, path: &[u8]) -> Option<Stamp> {
+        self.files.get(path).map(|(s, _)| *s)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+    pub fn content(&self, path: &[u8]) -> Option<&[Id]> {
+        self.files.get(path).map(|(_, c)| c.as_slice())
     }
 
     /// Replaces the cache with the files of the snapshot just written (write to a temporary name, then

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use crate::repo::crypt::{self, Recipient};
 
 pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/stackvault";
 
 /// Environment variables read by the command line itself rather than the config file.
 const CLI_VARIABLES: &[&str] = &["STACKVAULT_CONFIG", "STACKVAULT_IDENTITY"];
@@ -40,6 +41,9 @@ pub struct Config {
     pub repository: RepositoryConfig,
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// Where the files cache lives (the sidecar's own disk; losing it costs one full read).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -166,6 +170,7 @@ impl Config {
                     self.docker.select.label = Some(value.clone());
                 }
                 "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
+                "STACKVAULT_CACHE_DIR" => self.cache_dir = Some(PathBuf::from(&value)),
                 "STACKVAULT_REPOSITORY_FILESYSTEM_PATH" => {
                     self.repository.filesystem = Some(FilesystemConfig { path: PathBuf::from(&value) })
                 }
@@ -183,6 +188,10 @@ impl Config {
             key: "stack",
             hint: format!("name the stack in {} or set STACKVAULT_STACK", self.origin),
         })
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.cache_dir.as_deref().unwrap_or(Path::new(DEFAULT_CACHE_DIR))
     }
 
     pub fn repository_path(&self) -> Result<&Path, ConfigError> {

@@ -173,6 +173,8 @@ fn sample_tree(recordings: bool) -> Vec<Event> {
         rdev: 0,
         target: Vec::new(),
         xattrs: Vec::new(),
+        ctime_ns: 0,
+        ino: 0,
     };
     let mut events = vec![Event::Dir(meta("", EntryKind::Dir, 0o755, 0))];
     if recordings {

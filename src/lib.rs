@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod archiver;
 pub mod backup;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod docker;

@@ -132,14 +132,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for skip in &outcome.skipped {
                 println!("skipped {skip}");
             }
+            for warning in &outcome.warnings {
+                eprintln!("warning: {warning}");
+            }
             for source in &s.sources {
                 println!("  {:?} {}: {} entries, {}", source.kind, source.name, source.entries, bytes(source.bytes));
             }
             println!(
-                "snapshot {} saved: {} entries, {} read, {} new, {} stored in {} new packs, {:.1} s",
+                "snapshot {} saved: {} entries, {} ({} unchanged files not read), {} new, {} stored in {} new packs, {:.1} s",
                 outcome.id,
                 s.summary.entries,
                 bytes(s.summary.bytes),
+                s.summary.unchanged_files,
                 bytes(s.summary.new_bytes),
                 bytes(s.summary.stored_bytes),
                 s.summary.new_packs,

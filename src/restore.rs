@@ -206,6 +206,8 @@ fn meta_of(node: &Node) -> Meta {
         rdev: node.rdev,
         target: node.target.clone(),
         xattrs: node.xattrs.iter().map(|x| (x.name.clone(), hex::decode(&x.value).unwrap_or_default())).collect(),
+        ctime_ns: 0,
+        ino: 0,
     }
 }
 

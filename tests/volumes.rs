@@ -157,3 +157,69 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     docker(&["volume", "rm", &volume]);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+fn last_summary(config: &std::path::Path) -> serde_json::Value {
+    let list: serde_json::Value = serde_json::from_str(&ok(stackvault(config).args(["snapshots", "--json"]))).unwrap();
+    list.as_array().unwrap().last().unwrap()["snapshot"]["summary"].clone()
+}
+
+/// A quiet night reads metadata only, yet a file whose content changed is read however its mtime
+/// was set back, and a lost files cache costs a full read, nothing else.
+#[test]
+fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
+    let project = unique("quiet");
+    let volume = format!("{project}_data");
+    let work = scratch("quiet");
+    docker(&["volume", "create", &volume]);
+    let mountpoint = volume_dir(&volume);
+    let made = python("fixture.py", &[&"make", &mountpoint, &"--big-mib", &"8", &"--small", &"300"]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    let container = stack_container(&project, &volume);
+    let repo = work.join("repo");
+    let config = write_config(
+        &work,
+        &format!(
+            "stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n",
+            repo.display(),
+            work.join("cache").display()
+        ),
+    );
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    assert_eq!(last_summary(&config)["unchanged_files"], 0);
+    ok(stackvault(&config).arg("backup"));
+    let quiet = last_summary(&config);
+    assert!(quiet["unchanged_files"].as_u64().unwrap() >= 300, "{quiet}");
+    assert_eq!(quiet["new_bytes"], 0, "{quiet}");
+
+    // Same size, same mtime, other bytes: only the ctime tells.
+    let victim = mountpoint.join("big.bin");
+    let before = std::fs::symlink_metadata(&victim).unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[12345] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let mtime = filetime_ns(&before);
+    ok(std::process::Command::new("python3").args(["-c", &format!("import os; os.utime({:?}, ns=({mtime}, {mtime}))", victim.display().to_string())]));
+    assert_eq!(std::fs::symlink_metadata(&victim).unwrap().len(), before.len());
+    manifest(&mountpoint, &work.join("changed.json"));
+    ok(stackvault(&config).arg("backup"));
+    assert!(last_summary(&config)["new_bytes"].as_u64().unwrap() > 0, "the changed file was not read");
+    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("out")));
+    manifest(&work.join("out/volume").join(&volume), &work.join("restored.json"));
+    assert_same(&work.join("changed.json"), &work.join("restored.json"));
+
+    std::fs::remove_dir_all(work.join("cache")).unwrap();
+    ok(stackvault(&config).arg("backup"));
+    let cold = last_summary(&config);
+    assert_eq!(cold["unchanged_files"], 0, "{cold}");
+    assert_eq!(cold["new_bytes"], 0, "{cold}");
+
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+fn filetime_ns(md: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
+}

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -40,26 +40,31 @@ pub async fn remove_live_helpers(docker: &Docker) {
 const STDERR_TAIL: usize = 16 << 10;
 
 /// Makes sure an image holding exactly this binary exists; returns its reference. The tag is the
-/// binary's hash, so a new build gets a new image and a helper never runs a stale agent.
+/// binary's hash, so a new build gets a new image and a helper never runs a stale agent. The binary is
+/// streamed to the engine as a one-file tar, never held in memory whole.
 pub async fn ensure_agent_image(docker: &Docker) -> Result<String, DockerError> {
-    let binary = std::fs::read("/proc/self/exe").map_err(|e| DockerError::Agent(format!("reading own executable: {e}")))?;
-    let tag = blake3::hash(&binary).to_hex()[..16].to_string();
+    const EXE: &str = "/proc/self/exe";
+    let agent_err = |e: io::Error| DockerError::Agent(format!("reading own executable {EXE}: {e}"));
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(EXE).map_err(agent_err)?).map_err(agent_err)?;
+    let tag = hasher.finalize().to_hex()[..16].to_string();
     let reference = format!("{AGENT_REPOSITORY}:{tag}");
     if docker.inspect_image(&reference).await.is_ok() {
         return Ok(reference);
     }
-    let mut archive = tar::Builder::new(Vec::with_capacity(binary.len() + 4096));
+    let binary = tokio::fs::File::open(EXE).await.map_err(agent_err)?;
+    let len = binary.metadata().await.map_err(agent_err)?.len();
     let mut header = tar::Header::new_gnu();
-    header.set_size(binary.len() as u64);
+    header.set_path(AGENT_PATH.trim_start_matches('/')).map_err(agent_err)?;
+    header.set_size(len);
     header.set_mode(0o755);
     header.set_cksum();
-    archive
-        .append_data(&mut header, AGENT_PATH.trim_start_matches('/'), binary.as_slice())
-        .and_then(|_| archive.finish())
-        .map_err(|e| DockerError::Agent(format!("packing the agent image: {e}")))?;
-    let archive = archive.into_inner().map_err(|e| DockerError::Agent(format!("packing the agent image: {e}")))?;
+    // The file's padding to a 512-byte block, then the two zero blocks that end a tar.
+    let trailer = vec![0u8; (512 - (len % 512) as usize) % 512 + 1024];
+    let archive = AsyncReadExt::chain(AsyncReadExt::chain(io::Cursor::new(header.as_bytes().to_vec()), binary), io::Cursor::new(trailer));
+    let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(archive, 1 << 20));
     let options = CreateImageOptionsBuilder::default().from_src("-").repo(AGENT_REPOSITORY).tag(&tag).build();
-    let mut progress = docker.create_image(Some(options), Some(bollard::body_full(archive.into())), None);
+    let mut progress = docker.create_image(Some(options), Some(body), None);
     while let Some(step) = progress.next().await {
         step.map_err(DockerError::api("importing the agent image"))?;
     }

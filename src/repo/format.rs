@@ -63,7 +63,8 @@ impl RepoConfig {
             version: FORMAT_VERSION,
             id: hex::encode(crate::random_bytes::<16>()),
             created: crate::now_rfc3339(),
-            chunker: ChunkerParams { min_size: 256 << 10, avg_size: 1 << 20, max_size: 4 << 20 },
+            // Small enough that appending to a large file re-stores little of its old tail (at most max_size).
+            chunker: ChunkerParams { min_size: 64 << 10, avg_size: 256 << 10, max_size: 1 << 20 },
             pack_size: 32 << 20,
             zstd_level: 3,
             encryption,
@@ -188,6 +189,9 @@ pub struct Summary {
     pub new_bytes: u64,
     /// Bytes of packs this snapshot added to the target.
     pub stored_bytes: u64,
+    /// Regular files not read because the files cache showed them unchanged.
+    #[serde(default)]
+    pub unchanged_files: u64,
     pub new_packs: u64,
     pub duration_ms: u64,
 }

@@ -109,6 +109,9 @@ impl Applier {
                 self.leaf(&meta)?;
                 self.report.entries += 1;
             }
+            Event::Reused(meta) => {
+                return Err(SourceError::Malformed(format!("{}: a restore stream must carry content, not a reuse", lossy(&meta.name))))
+            }
             Event::End => unreachable!("handled by the caller"),
         }
         Ok(())

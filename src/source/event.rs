@@ -43,10 +43,30 @@ pub struct Meta {
     /// Symlink target, or for a hardlink the path (relative to the tree's root) of its first name.
     pub target: Vec<u8>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Status change time and inode number: not part of a snapshot, only of a file's [`Stamp`].
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+impl Meta {
+    pub fn stamp(&self) -> Stamp {
+        Stamp { size: self.size, mtime_ns: self.mtime_ns, ctime_ns: self.ctime_ns, ino: self.ino }
+    }
+}
+
+/// What must be equal for a regular file to count as unchanged since the previous snapshot, as restic
+/// and borg decide it: any write changes mtime and ctime, a replacement changes the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
 }
 
 /// A tree is `Dir(root)`, then the root's children in name order (a `Dir` opens a subtree closed by
-/// `DirEnd`; a `File` is followed by its `Data` pieces and `FileEnd`), then `DirEnd` and `End`.
+/// `DirEnd`; a `File` is followed by its `Data` pieces and `FileEnd`; a `Reused` file by nothing), then
+/// `DirEnd` and `End`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Dir(Meta),
@@ -56,5 +76,8 @@ pub enum Event {
     FileEnd,
     /// Anything without content or children: symlinks, hardlinks, FIFOs, devices, sockets.
     Leaf(Meta),
+    /// A regular file whose stamp equals the one the consumer gave the walker: its content is not sent,
+    /// the consumer already has its blob ids.
+    Reused(Meta),
     End,
 }

@@ -9,7 +9,7 @@ pub mod wire;
 
 use std::sync::mpsc::Receiver;
 
-pub use event::{EntryKind, Event, Meta};
+pub use event::{EntryKind, Event, Meta, Stamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

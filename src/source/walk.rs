@@ -8,19 +8,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{EntryKind, Event, Meta, SourceError};
+use super::{EntryKind, Event, Meta, SourceError, Stamp};
 
 /// Size of the `Data` pieces a file is read in.
 pub const DATA_PIECE: usize = 1 << 20;
 
 /// Walks `root` depth-first in byte order of names and hands every event to `emit`, ending with `End`.
-/// The root must be a directory. Symlinks are recorded, never followed.
-pub fn walk(root: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+/// The root must be a directory. Symlinks are recorded, never followed. A regular file whose path
+/// (relative to the root) has, by `known`, the same stamp as now is not read: it becomes `Reused`.
+pub fn walk(root: &Path, known: &dyn Fn(&[u8]) -> Option<Stamp>, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
     let md = fs::symlink_metadata(root).map_err(|e| SourceError::io(root.display(), e))?;
     if !md.is_dir() {
         return Err(SourceError::Refused(format!("{} is not a directory", root.display())));
     }
-    let mut walker = Walker { root: root.to_path_buf(), first_names: HashMap::new() };
+    let mut walker = Walker { root: root.to_path_buf(), known, first_names: HashMap::new() };
     let meta = walker.meta(root, Vec::new(), &md)?;
     emit(Event::Dir(meta))?;
     walker.children(root, emit)?;
@@ -28,13 +29,14 @@ pub fn walk(root: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>)
     emit(Event::End)
 }
 
-struct Walker {
+struct Walker<'k> {
     root: PathBuf,
+    known: &'k dyn Fn(&[u8]) -> Option<Stamp>,
     /// (device, inode) of multiply-linked files already emitted, with the path of their first name.
     first_names: HashMap<(u64, u64), Vec<u8>>,
 }
 
-impl Walker {
+impl Walker<'_> {
     fn children(&mut self, dir: &Path, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
         let mut names = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| SourceError::io(dir.display(), e))? {
@@ -58,9 +60,8 @@ impl Walker {
                     emit(Event::DirEnd)?;
                 }
                 EntryKind::File => {
+                    let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root").as_os_str().as_bytes();
                     if md.nlink() > 1 {
-                        let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root");
-                        let rel = rel.as_os_str().as_bytes().to_vec();
                         if let Some(first) = self.first_names.get(&(md.dev(), md.ino())) {
                             meta.kind = EntryKind::Hardlink;
                             meta.size = 0;
@@ -68,9 +69,13 @@ impl Walker {
                             emit(Event::Leaf(meta))?;
                             continue;
                         }
-                        self.first_names.insert((md.dev(), md.ino()), rel);
+                        self.first_names.insert((md.dev(), md.ino()), rel.to_vec());
                     }
-                    self.file(&path, meta, emit)?;
+                    if (self.known)(rel) == Some(meta.stamp()) {
+                        emit(Event::Reused(meta))?;
+                    } else {
+                        self.file(&path, meta, emit)?;
+                    }
                 }
                 _ => emit(Event::Leaf(meta))?,
             }
@@ -129,6 +134,8 @@ impl Walker {
             rdev: md.rdev(),
             target,
             xattrs: read_xattrs(path)?,
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            ino: md.ino(),
         })
     }
 }

@@ -6,7 +6,9 @@
 
 use std::io::{self, Read, Write};
 
-use super::{EntryKind, Event, EventSource, Meta, SourceError};
+use std::collections::HashMap;
+
+use super::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
 
 const TAG_DIR: u8 = b'D';
 const TAG_DIR_END: u8 = b'U';
@@ -14,6 +16,9 @@ const TAG_FILE: u8 = b'F';
 const TAG_DATA: u8 = b'B';
 const TAG_FILE_END: u8 = b'E';
 const TAG_LEAF: u8 = b'L';
+const TAG_REUSED: u8 = b'R';
+/// Before a backup stream, from the engine to the agent: one known file's path and stamp.
+const TAG_STAMP: u8 = b'S';
 const TAG_END: u8 = b'Z';
 /// The producer failed; the payload is its message. Nothing after it is read.
 const TAG_ERROR: u8 = b'X';
@@ -37,11 +42,28 @@ impl<W: Write> EventWriter<W> {
             Event::Dir(meta) => self.meta_frame(TAG_DIR, meta),
             Event::File(meta) => self.meta_frame(TAG_FILE, meta),
             Event::Leaf(meta) => self.meta_frame(TAG_LEAF, meta),
+            Event::Reused(meta) => self.meta_frame(TAG_REUSED, meta),
             Event::Data(bytes) => self.frame(TAG_DATA, bytes),
             Event::DirEnd => self.frame(TAG_DIR_END, &[]),
             Event::FileEnd => self.frame(TAG_FILE_END, &[]),
             Event::End => self.frame(TAG_END, &[]),
         }
+    }
+
+    /// The stamps of the files the engine knows, then an end marker (see [`EventReader::read_stamps`]).
+    pub fn write_stamps<'s>(&mut self, stamps: impl Iterator<Item = (&'s [u8], &'s Stamp)>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for (path, stamp) in stamps {
+            buf.clear();
+            buf.extend_from_slice(&stamp.size.to_le_bytes());
+            buf.extend_from_slice(&stamp.mtime_ns.to_le_bytes());
+            buf.extend_from_slice(&stamp.ctime_ns.to_le_bytes());
+            buf.extend_from_slice(&stamp.ino.to_le_bytes());
+            buf.extend_from_slice(path);
+            self.frame(TAG_STAMP, &buf)?;
+        }
+        self.frame(TAG_END, &[])?;
+        self.flush()
     }
 
     pub fn write_error(&mut self, message: &str) -> io::Result<()> {
@@ -87,6 +109,8 @@ fn encode_meta(meta: &Meta, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&meta.mtime_ns.to_le_bytes());
     buf.extend_from_slice(&meta.size.to_le_bytes());
     buf.extend_from_slice(&meta.rdev.to_le_bytes());
+    buf.extend_from_slice(&meta.ctime_ns.to_le_bytes());
+    buf.extend_from_slice(&meta.ino.to_le_bytes());
     put_bytes(buf, &meta.name);
     put_bytes(buf, &meta.target);
     buf.extend_from_slice(&(meta.xattrs.len() as u32).to_le_bytes());
@@ -126,6 +150,7 @@ fn decode_meta(payload: &[u8]) -> Result<Meta, SourceError> {
     let (mode, uid, gid) = (c.u32()?, c.u32()?, c.u32()?);
     let mtime_ns = c.u64()? as i64;
     let (size, rdev) = (c.u64()?, c.u64()?);
+    let (ctime_ns, ino) = (c.u64()? as i64, c.u64()?);
     let name = c.bytes()?;
     let target = c.bytes()?;
     let count = c.u32()?;
@@ -133,7 +158,7 @@ fn decode_meta(payload: &[u8]) -> Result<Meta, SourceError> {
     for _ in 0..count {
         xattrs.push((c.bytes()?, c.bytes()?));
     }
-    Ok(Meta { name, kind, mode, uid, gid, mtime_ns, size, rdev, target, xattrs })
+    Ok(Meta { name, kind, mode, uid, gid, mtime_ns, size, rdev, target, xattrs, ctime_ns, ino })
 }
 
 pub struct EventReader<R: Read> {
@@ -143,6 +168,22 @@ pub struct EventReader<R: Read> {
 impl<R: Read> EventReader<R> {
     pub fn new(input: R) -> Self {
         EventReader { input }
+    }
+
+    /// Reads the stamps [`EventWriter::write_stamps`] wrote, up to their end marker.
+    pub fn read_stamps(&mut self) -> Result<HashMap<Vec<u8>, Stamp>, SourceError> {
+        let mut stamps = HashMap::new();
+        loop {
+            match self.read_frame()? {
+                (TAG_END, _) => return Ok(stamps),
+                (TAG_STAMP, payload) if payload.len() >= 32 => {
+                    let field = |i: usize| u64::from_le_bytes(payload[i * 8..i * 8 + 8].try_into().unwrap());
+                    let stamp = Stamp { size: field(0), mtime_ns: field(1) as i64, ctime_ns: field(2) as i64, ino: field(3) };
+                    stamps.insert(payload[32..].to_vec(), stamp);
+                }
+                (tag, _) => return Err(SourceError::Malformed(format!("expected a stamp, got frame tag {tag:#04x}"))),
+            }
+        }
     }
 
     fn read_frame(&mut self) -> Result<(u8, Vec<u8>), SourceError> {
@@ -168,6 +209,7 @@ impl<R: Read + Send> EventSource for EventReader<R> {
             TAG_DIR => Event::Dir(decode_meta(&payload)?),
             TAG_FILE => Event::File(decode_meta(&payload)?),
             TAG_LEAF => Event::Leaf(decode_meta(&payload)?),
+            TAG_REUSED => Event::Reused(decode_meta(&payload)?),
             TAG_DATA => Event::Data(payload),
             TAG_DIR_END => Event::DirEnd,
             TAG_FILE_END => Event::FileEnd,
@@ -195,12 +237,15 @@ mod tests {
             rdev: 0,
             target: vec![],
             xattrs: vec![(b"user.a".to_vec(), vec![0, 1, 2]), (b"user.empty".to_vec(), vec![])],
+            ctime_ns: 1_700_000_000_000_000_001,
+            ino: 42,
         };
         let events = vec![
             Event::Dir(Meta { kind: EntryKind::Dir, ..meta.clone() }),
             Event::File(meta.clone()),
             Event::Data(b"abc".to_vec()),
             Event::FileEnd,
+            Event::Reused(meta.clone()),
             Event::Leaf(Meta { kind: EntryKind::Symlink, target: b"../x".to_vec(), ..meta }),
             Event::DirEnd,
             Event::End,
@@ -214,6 +259,16 @@ mod tests {
         for e in events {
             assert_eq!(r.next_event().unwrap(), e);
         }
+    }
+
+    #[test]
+    fn stamps_survive_the_wire() {
+        let stamp = Stamp { size: 5, mtime_ns: -7, ctime_ns: 9, ino: 11 };
+        let mut w = EventWriter::new(Vec::new());
+        w.write_stamps([(&b"a/b\xff"[..], &stamp)].into_iter()).unwrap();
+        let bytes = w.into_inner();
+        let stamps = EventReader::new(&bytes[..]).read_stamps().unwrap();
+        assert_eq!(stamps.get(&b"a/b\xff"[..]), Some(&stamp));
     }
 
     #[test]
