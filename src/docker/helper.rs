@@ -71,19 +71,35 @@ pub async fn ensure_agent_image(docker: &Docker) -> Result<String, DockerError> 
     Ok(reference)
 }
 
-/// Removes helpers that a killed run left behind: stopped ones at once, running ones after a day.
+/// A live run removes its exited helper within moments; one exited longer ago than this was left
+/// by a run that died. The grace keeps concurrent runs (a backup and a restore) off each other's helpers.
+const EXITED_GRACE_SECS: i64 = 10;
+/// A run creates and starts a helper back to back; one never started for this long was orphaned.
+const CREATED_GRACE_SECS: i64 = 600;
+/// A helper still running after a day is stuck (a read-only walk does not take that long).
+const RUNNING_LIMIT_SECS: i64 = 24 * 3600;
+
+/// Removes helpers that a killed run left behind; returns how many.
 pub async fn remove_stale_helpers(docker: &Docker) -> Result<usize, DockerError> {
     let filters = std::collections::HashMap::from([("label".to_string(), vec![HELPER_LABEL.to_string()])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     let helpers = docker.list_containers(Some(options)).await.map_err(DockerError::api("listing helper containers"))?;
-    let day_ago = crate::unix_now() - 24 * 3600;
+    let now = crate::unix_now();
     let mut removed = 0;
     for helper in helpers {
-        let running = helper.state.map(|s| s.to_string() == "running").unwrap_or(false);
-        if running && helper.created.unwrap_or(0) > day_ago {
-            continue;
-        }
-        if let Some(id) = helper.id {
+        let Some(id) = helper.id else { continue };
+        let age = now - helper.created.unwrap_or(now);
+        let stale = match helper.state.map(|s| s.to_string()).as_deref() {
+            Some("running") | Some("restarting") | Some("paused") => age > RUNNING_LIMIT_SECS,
+            Some("created") => age > CREATED_GRACE_SECS,
+            _ => {
+                let finished = docker.inspect_container(&id, None).await.ok().and_then(|c| c.state).and_then(|s| s.finished_at);
+                let finished = finished.and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+                let since = finished.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs() as i64);
+                since.map(|s| s > EXITED_GRACE_SECS).unwrap_or(true)
+            }
+        };
+        if stale {
             let force = RemoveContainerOptionsBuilder::default().force(true).build();
             if docker.remove_container(&id, Some(force)).await.is_ok() {
                 removed += 1;
