@@ -25,28 +25,15 @@ fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
 
 #[test]
 fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
-    let project = unique("enc");
-    let volume = format!("{project}_data");
-    let work = scratch("enc");
-    docker(&["volume", "create", &volume]);
-    let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &"4", &"--small", &"300"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
-    let container = stack_container(&project, &volume);
-    let (identity, recipient) = keygen(&work, "identity.txt");
-    let (stranger, _) = keygen(&work, "stranger.txt");
-    let repo = work.join("repo");
-    let config = write_config(
-        &work,
-        &format!(
-            "stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\nencryption:\n  recipients: [\"{recipient}\"]\n",
-            repo.display()
-        ),
-    );
-    ok(stackvault(&config).arg("init"));
-    manifest(&volume_dir(&volume), &work.join("before.json"));
-    ok(stackvault(&config).arg("backup"));
+    let keys = scratch("keys");
+    let (identity, recipient) = keygen(&keys, "identity.txt");
+    let (stranger, _) = keygen(&keys, "stranger.txt");
+    let scene = Scene::new("enc", 4, 300, &format!("encryption:\n  recipients: [\"{recipient}\"]\n"));
+    let (work, repo, config) = (&scene.work, &scene.repo, &scene.config);
+    manifest(&scene.mountpoint(), &work.join("before.json"));
+    ok(stackvault(config).arg("backup"));
 
-    for file in files(&repo) {
+    for file in files(repo) {
         let bytes = std::fs::read(&file).unwrap();
         for needle in [KNOWN_PLAINTEXT.as_bytes(), "résumé".as_bytes(), b"big.bin"] {
             assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains {:?}", file.display(), text(needle));
@@ -59,14 +46,13 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
     let missing = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")));
     assert!(text(&missing.stderr).contains("--identity"), "{}", text(&missing.stderr));
 
-    docker(&["rm", "-f", &container]);
-    docker(&["volume", "rm", &volume]);
-    ok(stackvault(&config).args(["restore", "latest", "--identity"]).arg(&identity));
-    manifest(&volume_dir(&volume), &work.join("after.json"));
+    scene.destroy();
+    ok(stackvault(config).args(["restore", "latest", "--identity"]).arg(&identity));
+    manifest(&scene.mountpoint(), &work.join("after.json"));
     assert_same(&work.join("before.json"), &work.join("after.json"));
-    ok(stackvault(&config).args(["verify", "--read-data", "--identity"]).arg(&identity));
-    docker(&["volume", "rm", &volume]);
-    std::fs::remove_dir_all(&work).unwrap();
+    ok(stackvault(config).args(["verify", "--read-data", "--identity"]).arg(&identity));
+    scene.cleanup();
+    std::fs::remove_dir_all(&keys).unwrap();
 }
 
 fn flip_byte(path: &Path, at: u64) {

@@ -9,41 +9,28 @@ use common::*;
 
 #[test]
 fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_only_the_change() {
-    let project = unique("vol");
-    let volume = format!("{project}_data");
-    let work = scratch("vol");
-    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
-    let mountpoint = volume_dir(&volume);
-    let made = python("fixture.py", &[&"make", &mountpoint, &"--big-mib", &"200", &"--small", &"10000"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
-    let container = stack_container(&project, &volume);
-    let repo = work.join("repo");
-    let config = write_config(
-        &work,
-        &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display()),
-    );
-    ok(stackvault(&config).arg("init"));
+    let scene = Scene::new("vol", 200, 10000, "");
+    let (project, volume, work, repo, config) = (&scene.project, &scene.volume, &scene.work, &scene.repo, &scene.config);
+    let mountpoint = scene.mountpoint();
     manifest(&mountpoint, &work.join("state1.json"));
     let out = ok(stackvault(&config).arg("backup"));
     assert!(out.contains(&format!("Volume {volume}")), "{out}");
-    let first_size = du(&repo);
+    let first_size = du(repo);
 
-    // Disaster: the stack and its volume are gone.
-    docker(&["rm", "-f", &container]);
-    docker(&["volume", "rm", &volume]);
-    ok(stackvault(&config).args(["restore", "latest"]));
+    scene.destroy();
+    ok(stackvault(config).args(["restore", "latest"]));
     let labels = docker(&["volume", "inspect", &volume, "-f", "{{index .Labels \"com.docker.compose.project\"}}"]);
-    assert_eq!(labels, project, "the volume is recreated with its compose labels");
+    assert_eq!(&labels, project, "the volume is recreated with its compose labels");
     manifest(&volume_dir(&volume), &work.join("restored1.json"));
     assert_same(&work.join("state1.json"), &work.join("restored1.json"));
 
     // One small file changes and 1 MiB is appended to the big one.
-    let container = stack_container(&project, &volume);
+    let container = stack_container(project, volume);
     let mutated = python("fixture.py", &[&"mutate", &volume_dir(&volume)]);
     assert!(mutated.status.success(), "mutate: {}", text(&mutated.stderr));
     manifest(&volume_dir(&volume), &work.join("state2.json"));
     ok(stackvault(&config).arg("backup"));
-    let growth = du(&repo) - first_size;
+    let growth = du(repo) - first_size;
     assert!(growth * 100 < first_size, "the second backup grew the repository by {growth} bytes, over 1% of {first_size}");
 
     // Restore the second state over the first: refused without --force, exact with it.
@@ -64,9 +51,8 @@ fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_
     assert_same(&work.join("state1.json"), &work.join("first.json"));
     ok(stackvault(&config).args(["verify", "--read-data"]));
 
-    assert!(helpers_left(&volume).is_empty(), "helpers left behind: {:?}", helpers_left(&volume));
-    docker(&["volume", "rm", &volume]);
-    std::fs::remove_dir_all(&work).unwrap();
+    assert!(helpers_left(volume).is_empty(), "helpers left behind: {:?}", helpers_left(volume));
+    scene.cleanup();
 }
 
 #[test]
@@ -99,19 +85,8 @@ fn snapshot_count(repo: &std::path::Path) -> usize {
 /// run completes and reuses what the stopped one stored.
 #[test]
 fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
-    let project = unique("kill");
-    let volume = format!("{project}_data");
-    let work = scratch("kill");
-    docker(&["volume", "create", &volume]);
-    let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &"600", &"--small", &"100"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
-    let container = stack_container(&project, &volume);
-    let repo = work.join("repo");
-    let config = write_config(
-        &work,
-        &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display()),
-    );
-    ok(stackvault(&config).arg("init"));
+    let scene = Scene::new("kill", 600, 100, "");
+    let (volume, repo, config) = (&scene.volume, &scene.repo, &scene.config);
     let wait_for_helper = || {
         for _ in 0..200 {
             if !helpers_left(&volume).is_empty() {
@@ -143,7 +118,7 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
     for _ in 0..600 {
         let exited = docker(&["ps", "-a", "--filter", "label=stackvault.helper", "--filter", "status=exited", "--format", "{{.Label \"stackvault.helper\"}}"]);
-        if helpers_left(&volume).is_empty() || exited.contains(&volume) {
+        if helpers_left(&volume).is_empty() || exited.contains(volume.as_str()) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -153,11 +128,8 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     ok(stackvault(&config).arg("backup"));
     assert_eq!(snapshot_count(&repo), 1);
     assert!(helpers_left(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
-    ok(stackvault(&config).args(["verify", "--read-data"]));
-
-    docker(&["rm", "-f", &container]);
-    docker(&["volume", "rm", &volume]);
-    std::fs::remove_dir_all(&work).unwrap();
+    ok(stackvault(config).args(["verify", "--read-data"]));
+    scene.cleanup();
 }
 
 fn last_summary(config: &std::path::Path) -> serde_json::Value {
@@ -169,24 +141,10 @@ fn last_summary(config: &std::path::Path) -> serde_json::Value {
 /// was set back, and a lost files cache costs a full read, nothing else.
 #[test]
 fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
-    let project = unique("quiet");
-    let volume = format!("{project}_data");
-    let work = scratch("quiet");
-    docker(&["volume", "create", &volume]);
-    let mountpoint = volume_dir(&volume);
-    let made = python("fixture.py", &[&"make", &mountpoint, &"--big-mib", &"8", &"--small", &"300"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
-    let container = stack_container(&project, &volume);
-    let repo = work.join("repo");
-    let config = write_config(
-        &work,
-        &format!(
-            "stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n",
-            repo.display(),
-            work.join("cache").display()
-        ),
-    );
-    ok(stackvault(&config).arg("init"));
+    let scene = Scene::new("quiet", 8, 300, "");
+    let (work, config, mountpoint) = (&scene.work, &scene.config, scene.mountpoint());
+    // Its own files cache, to start without one and to lose it on purpose.
+    std::fs::write(config, format!("{}cache_dir: {}\n", std::fs::read_to_string(config).unwrap(), work.join("cache").display())).unwrap();
     ok(stackvault(&config).arg("backup"));
     assert_eq!(last_summary(&config)["unchanged_files"], 0);
     ok(stackvault(&config).arg("backup"));
@@ -207,7 +165,7 @@ fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
     ok(stackvault(&config).arg("backup"));
     assert!(last_summary(&config)["new_bytes"].as_u64().unwrap() > 0, "the changed file was not read");
     ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("out")));
-    manifest(&work.join("out/volume").join(&volume), &work.join("restored.json"));
+    manifest(&work.join("out/volume").join(&scene.volume), &work.join("restored.json"));
     assert_same(&work.join("changed.json"), &work.join("restored.json"));
 
     std::fs::remove_dir_all(work.join("cache")).unwrap();
@@ -215,10 +173,7 @@ fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
     let cold = last_summary(&config);
     assert_eq!(cold["unchanged_files"], 0, "{cold}");
     assert_eq!(cold["new_bytes"], 0, "{cold}");
-
-    docker(&["rm", "-f", &container]);
-    docker(&["volume", "rm", &volume]);
-    std::fs::remove_dir_all(&work).unwrap();
+    scene.cleanup();
 }
 
 fn filetime_ns(md: &std::fs::Metadata) -> i128 {

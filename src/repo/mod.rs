@@ -41,6 +41,8 @@ pub enum RepoError {
     RecipientsMismatch(String),
     #[error("{0}")]
     Crypto(String),
+    #[error("the {0} stopped before the backup finished")]
+    Stopped(&'static str),
 }
 
 impl RepoError {

@@ -197,7 +197,7 @@ impl Packer {
         let sent = self.jobs.as_ref().expect("not finished").send(Job { id, kind, entry });
         if sent.is_err() {
             // The writer stopped early; its error is the one to report.
-            return Err(self.join().err().unwrap_or_else(|| RepoError::Crypto("the pack writer stopped".into())));
+            return Err(self.join().err().unwrap_or_else(|| RepoError::Stopped("pack writer")));
         }
         Ok(())
     }
@@ -213,7 +213,7 @@ impl Packer {
         }
         match self.writer.take() {
             Some(w) => w.join().expect("pack writer thread panicked"),
-            None => Err(RepoError::Crypto("the pack writer already stopped".into())),
+            None => Err(RepoError::Stopped("pack writer")),
         }
     }
 }
@@ -272,7 +272,7 @@ fn fill_packs(
     sealed: &SyncSender<SealedPack>,
     commit_failed: &AtomicBool,
 ) -> Result<(), RepoError> {
-    let stopped = || RepoError::Crypto("the pack committer stopped".into());
+    let stopped = || RepoError::Stopped("pack committer");
     let mut open: Option<OpenPack> = None;
     let hand_over = |pack: OpenPack| -> Result<(), RepoError> {
         let pack = seal_pack(pack, storage)?;

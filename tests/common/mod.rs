@@ -116,3 +116,50 @@ pub fn helpers_left(name: &str) -> Vec<String> {
     let purposes = docker(&["ps", "-a", "--filter", "label=stackvault.helper", "--format", "{{.Label \"stackvault.helper\"}}"]);
     purposes.lines().filter(|p| p.contains(name)).map(str::to_string).collect()
 }
+
+/// A compose stack of one container and one volume filled by the fixture, and an initialised
+/// repository whose configuration selects the stack.
+pub struct Scene {
+    pub project: String,
+    pub volume: String,
+    pub container: String,
+    pub work: PathBuf,
+    pub repo: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Scene {
+    /// `extra_yaml` is appended to the configuration (e.g. an `encryption:` section).
+    pub fn new(prefix: &str, big_mib: u32, small_files: u32, extra_yaml: &str) -> Scene {
+        let project = unique(prefix);
+        let volume = format!("{project}_data");
+        let work = scratch(prefix);
+        docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+        let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &big_mib.to_string(), &"--small", &small_files.to_string()]);
+        assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+        let container = stack_container(&project, &volume);
+        let repo = work.join("repo");
+        let config = write_config(
+            &work,
+            &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n{extra_yaml}", repo.display()),
+        );
+        ok(stackvault(&config).arg("init"));
+        Scene { project, volume, container, work, repo, config }
+    }
+
+    pub fn mountpoint(&self) -> PathBuf {
+        volume_dir(&self.volume)
+    }
+
+    /// The disaster: the container and its volume are gone.
+    pub fn destroy(&self) {
+        docker(&["rm", "-f", &self.container]);
+        docker(&["volume", "rm", &self.volume]);
+    }
+
+    pub fn cleanup(self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.container]).output();
+        let _ = Command::new("docker").args(["volume", "rm", &self.volume]).output();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
