@@ -295,6 +295,26 @@ impl Cutter {
         }
     }
 
+    /// Rolls the gear hash over byte pairs `pair..end` of `data`, testing `mask` after each byte as
+    /// `cut_gear` does; returns the cut when one comes.
+    #[inline(always)]
+    fn roll(&self, data: &[u8], pair: &mut usize, hash: &mut u64, end: usize, mask: u64) -> Option<usize> {
+        let (gear, gear_ls, mask_ls) = (&*self.gear, &*self.gear_ls, mask << 1);
+        while *pair < end {
+            let a = *pair * 2;
+            *hash = (*hash << 2).wrapping_add(gear_ls[data[a] as usize]);
+            if *hash & mask_ls == 0 {
+                return Some(a);
+            }
+            *hash = hash.wrapping_add(gear[data[a + 1] as usize]);
+            if *hash & mask == 0 {
+                return Some(a + 1);
+            }
+            *pair += 1;
+        }
+        None
+    }
+
     fn start(&self) -> Scan {
         Scan { pair: self.min_size / 2, hash: 0 }
     }
@@ -312,33 +332,12 @@ impl Cutter {
         let pairs = n.min(self.max_size) / 2;
         let mut hash = scan.hash;
         let mut pair = scan.pair;
-        let (gear, gear_ls) = (&*self.gear, &*self.gear_ls);
         let small_end = (self.avg_size / 2).min(pairs);
-        let (mask_s, mask_s_ls) = (self.mask_s, self.mask_s << 1);
-        while pair < small_end {
-            let a = pair * 2;
-            hash = (hash << 2).wrapping_add(gear_ls[data[a] as usize]);
-            if hash & mask_s_ls == 0 {
-                return Some(a);
-            }
-            hash = hash.wrapping_add(gear[data[a + 1] as usize]);
-            if hash & mask_s == 0 {
-                return Some(a + 1);
-            }
-            pair += 1;
+        if let Some(cut) = self.roll(data, &mut pair, &mut hash, small_end, self.mask_s) {
+            return Some(cut);
         }
-        let (mask_l, mask_l_ls) = (self.mask_l, self.mask_l << 1);
-        while pair < pairs {
-            let a = pair * 2;
-            hash = (hash << 2).wrapping_add(gear_ls[data[a] as usize]);
-            if hash & mask_l_ls == 0 {
-                return Some(a);
-            }
-            hash = hash.wrapping_add(gear[data[a + 1] as usize]);
-            if hash & mask_l == 0 {
-                return Some(a + 1);
-            }
-            pair += 1;
+        if let Some(cut) = self.roll(data, &mut pair, &mut hash, pairs, self.mask_l) {
+            return Some(cut);
         }
         scan.hash = hash;
         scan.pair = pair;
