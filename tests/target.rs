@@ -40,6 +40,8 @@ fn a_full_share_fails_the_backup_clearly_and_leaves_no_snapshot_or_partial_objec
     assert_eq!(std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0), 0);
     assert_eq!(std::fs::read_dir(repo.join("tmp")).map(|d| d.count()).unwrap_or(0), 0, "a partial object was left behind");
     ok(stackvault(&config).arg("verify"));
+    drop(_mounted);
+    std::fs::remove_dir_all(&work).unwrap();
 }
 
 #[test]
@@ -64,4 +66,6 @@ fn a_read_only_or_missing_share_is_named_in_the_error() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not-mounted") && text(&out.stderr).contains("stackvault init"), "{}", text(&out.stderr));
     assert!(!work.join("not-mounted").exists(), "backup created the missing share directory");
+    drop(_mounted);
+    std::fs::remove_dir_all(&work).unwrap();
 }
