@@ -59,18 +59,14 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
         let mut restored = Vec::new();
         for source in &snapshot.sources {
             let shown = format!("{} {}", kind_name(source.kind), source.name);
-            let (destination, report) = match (&options.to, source.kind) {
-                (Some(dir), _) => {
-                    let dest = dir.join(kind_name(source.kind)).join(flatten_name(&source.name));
-                    std::fs::create_dir_all(&dest).map_err(|e| Error::source(&shown, SourceError::io(dest.display(), e)))?;
-                    (dest.display().to_string(), restore_local(&mut reader, source, &dest, options.force, &shown)?)
-                }
-                (None, SourceKind::Path) => {
-                    let dest = Path::new(&source.name);
-                    std::fs::create_dir_all(dest).map_err(|e| Error::source(&shown, SourceError::io(dest.display(), e)))?;
-                    (source.name.clone(), restore_local(&mut reader, source, dest, options.force, &shown)?)
-                }
-                (None, _) => {
+            let local = match (&options.to, source.kind) {
+                (Some(dir), _) => Some(dir.join(kind_name(source.kind)).join(flatten_name(&source.name))),
+                (None, SourceKind::Path) => Some(PathBuf::from(&source.name)),
+                (None, _) => None,
+            };
+            let (destination, report) = match local {
+                Some(dest) => (dest.display().to_string(), restore_local(&mut reader, source, &dest, options.force, &shown)?),
+                None => {
                     let (docker, image) = docker_ctx.as_ref().expect("connected for mount sources");
                     (shown.clone(), restore_mount(&handle, docker, image, &mut reader, source, options.force, &shown)?)
                 }
@@ -98,6 +94,7 @@ fn flatten_name(name: &str) -> String {
 }
 
 fn restore_local(reader: &mut BlobReader, source: &SourceRecord, dest: &Path, force: bool, shown: &str) -> Result<Vec<String>, Error> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::source(shown, SourceError::io(dest.display(), e)))?;
     let mut replay = TreeReplay::new(reader, &source.root);
     let report: ApplyReport = apply(dest, &mut replay, force).map_err(|e| replay.blame(e, shown))?;
     Ok(report.warnings)

@@ -70,8 +70,7 @@ fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks()
     let work = scratch("flip");
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let made = python("fixture.py", &[&"make", &data, &"--big-mib", &"40", &"--small", &"200"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    make_fixture(&data, 40, 200);
     let repo = work.join("repo");
     let config = write_config(&work, &format!("stack: flip\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
     ok(stackvault(&config).arg("init"));

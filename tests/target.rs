@@ -26,8 +26,7 @@ fn a_full_share_fails_the_backup_clearly_and_leaves_no_snapshot_or_partial_objec
     let work = scratch("full");
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let made = python("fixture.py", &[&"make", &data, &"--big-mib", &"24", &"--small", &"50"]);
-    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+    make_fixture(&data, 24, 50);
     let share = work.join("share");
     std::fs::create_dir_all(&share).unwrap();
     let _mounted = mount(&["-t", "tmpfs", "-o", "size=8m", "tmpfs"], &share);

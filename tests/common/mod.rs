@@ -53,6 +53,13 @@ pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     run(&mut cmd)
 }
 
+/// Fills `dir` with the fixture tree (tests/fixture.py): a `big_mib` MiB random file, `small_files`
+/// small ones, and every kind of entry and metadata.
+pub fn make_fixture(dir: &Path, big_mib: u32, small_files: u32) {
+    let made = python("fixture.py", &[&"make", &dir, &"--big-mib", &big_mib.to_string(), &"--small", &small_files.to_string()]);
+    assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+}
+
 /// Records a tree with the independent checker.
 pub fn manifest(dir: &Path, out: &Path) {
     let o = python("treecheck.py", &[&"manifest", &dir, &out]);
@@ -135,8 +142,7 @@ impl Scene {
         let volume = format!("{project}_data");
         let work = scratch(prefix);
         docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
-        let made = python("fixture.py", &[&"make", &volume_dir(&volume), &"--big-mib", &big_mib.to_string(), &"--small", &small_files.to_string()]);
-        assert!(made.status.success(), "fixture: {}", text(&made.stderr));
+        make_fixture(&volume_dir(&volume), big_mib, small_files);
         let container = stack_container(&project, &volume);
         let repo = work.join("repo");
         let config = write_config(
