@@ -49,7 +49,6 @@ impl Planned {
 pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let clock = Instant::now();
     let time = crate::now_rfc3339();
-    let cache_dir = config.cache_dir().to_path_buf();
     let stack = config.stack()?.to_string();
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
@@ -80,7 +79,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let handle = Handle::current();
     let recipients = config.encryption.recipients.clone();
     let hostname = crate::hostname();
-    let cache_root = cache_dir.clone();
+    let cache_root = config.cache_dir().to_path_buf();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let index = repo.load_index()?;
         let packer = Packer::start(&repo, recipients);
@@ -123,7 +122,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     // Only now: the cache describes what a snapshot holds.
     let warnings = caches
         .into_iter()
-        .filter_map(|(cache, files)| cache.save(files).err().map(|e| format!("files cache in {}: {e} (the next backup reads everything)", cache_dir.display())))
+        .filter_map(|(cache, files)| cache.save(files).err().map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display())))
         .collect();
     Ok(BackupOutcome { id, snapshot, skipped, warnings })
 }
