@@ -1,22 +1,29 @@
-//! The agent side of a helper container: `stackvault agent read ROOT` streams a tree to stdout,
-//! `stackvault agent write ROOT [--replace]` applies one from stdin. It builds no HTTP client and needs
-//! nothing but the kernel, so the static binary runs alone in a one-file image.
+//! The agent side of a helper container: `stackvault agent read ROOT` streams a tree to the sidecar,
+//! `stackvault agent write ROOT [--replace]` applies one from it. With `--connect SOCKET --token T` it
+//! talks over a socket in the exchange directory (docker::exchange), else over stdin/stdout. It builds
+//! no HTTP client and needs nothing but the kernel, so the static binary runs alone in a one-file image.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::{apply, walk, SourceError};
 
-/// Reads the stamps of the files the engine already has from stdin, then streams the tree at `root`
-/// to stdout, sending unchanged files as `Reused`. On failure the stream carries an error frame, so
-/// the reader learns why rather than seeing a truncated stream.
-pub fn read(root: &Path) -> Result<(), SourceError> {
-    let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
-    let known = EventReader::new(BufReader::new(std::fs::File::from(stdin))).read_stamps()?;
-    let stdout = std::io::stdout().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
-    let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, std::fs::File::from(stdout)));
+/// Where the sidecar listens, and the token that proves this agent is the helper it started.
+pub struct Link<'a> {
+    pub socket: &'a Path,
+    pub token: &'a str,
+}
+
+/// Reads the stamps of the files the engine already has, then streams the tree at `root`, sending
+/// unchanged files as `Reused`. On failure the stream carries an error frame, so the reader learns why
+/// rather than seeing a truncated stream.
+pub fn read(root: &Path, link: Option<Link>) -> Result<(), SourceError> {
+    let (input, output) = channel(link)?;
+    let known = EventReader::new(BufReader::new(input)).read_stamps()?;
+    let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, output));
     let result = walk::walk(root, &|path| known.get(path).copied(), &mut |event| out.write(&event).map_err(SourceError::Stream));
     match result {
         Ok(()) => out.flush().map_err(SourceError::Stream),
@@ -27,10 +34,10 @@ pub fn read(root: &Path) -> Result<(), SourceError> {
     }
 }
 
-/// Applies the tree on stdin to `root`; warnings go to stderr, one per line, prefixed `warning:`.
-pub fn write(root: &Path, replace: bool) -> Result<(), SourceError> {
-    let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
-    let mut input = EventReader::new(BufReader::with_capacity(1 << 20, std::fs::File::from(stdin)));
+/// Applies the tree it receives to `root`; warnings go to stderr, one per line, prefixed `warning:`.
+pub fn write(root: &Path, replace: bool, link: Option<Link>) -> Result<(), SourceError> {
+    let (input, _) = channel(link)?;
+    let mut input = EventReader::new(BufReader::with_capacity(1 << 20, input));
     let report = apply::apply(root, &mut input, replace)?;
     let mut stderr = std::io::stderr().lock();
     for warning in &report.warnings {
@@ -38,4 +45,20 @@ pub fn write(root: &Path, replace: bool) -> Result<(), SourceError> {
     }
     let _ = writeln!(stderr, "restored {} entries, {} bytes", report.entries, report.bytes);
     Ok(())
+}
+
+fn channel(link: Option<Link>) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>), SourceError> {
+    match link {
+        Some(Link { socket, token }) => {
+            let mut stream = UnixStream::connect(socket).map_err(|e| SourceError::io(format!("connecting to {}", socket.display()), e))?;
+            stream.write_all(format!("{token}\n").as_bytes()).map_err(SourceError::Stream)?;
+            let input = stream.try_clone().map_err(SourceError::Stream)?;
+            Ok((Box::new(input), Box::new(stream)))
+        }
+        None => {
+            let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
+            let stdout = std::io::stdout().as_fd().try_clone_to_owned().map_err(SourceError::Stream)?;
+            Ok((Box::new(std::fs::File::from(stdin)), Box::new(std::fs::File::from(stdout))))
+        }
+    }
 }

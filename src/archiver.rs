@@ -52,20 +52,38 @@ impl<'a> Archiver<'a> {
         Archiver { index, packer, cutter: Arc::new(Cutter::new(&chunker)), queued: HashSet::new(), reused_packs: HashSet::new(), new_bytes: 0 }
     }
 
-    /// Consumes one whole tree. `previous` is the source's files cache: a `Reused` file takes its content
-    /// from there.
+    /// Consumes one whole tree: a directory with everything below it, or a single regular file (a
+    /// bind-mounted file), which is then the root node itself. `previous` is the source's files cache:
+    /// a `Reused` file takes its content from there.
     pub fn archive(&mut self, source: &mut dyn EventSource, previous: Option<&FilesCache>) -> Result<Archived, ArchiveError> {
         let mut stats = TreeStats::default();
         let mut files = Vec::new();
-        let mut open: Vec<(Meta, Vec<Node>)> = Vec::new();
+        let root = match source.next_event()? {
+            Event::Dir(meta) => self.directory(source, meta, previous, &mut stats, &mut files)?,
+            Event::File(meta) => self.file(source, &[], meta, &mut stats, &mut files)?,
+            Event::Reused(meta) => self.reused(previous, &[], meta, &mut stats, &mut files)?,
+            other => return Err(SourceError::Malformed(format!("a tree must start with its root directory or file, not {other:?}")).into()),
+        };
+        match source.next_event()? {
+            Event::End => Ok(Archived { root, stats, files }),
+            other => Err(SourceError::Malformed(format!("expected the end of the tree, got {other:?}")).into()),
+        }
+    }
+
+    /// Consumes the events below the root directory `root_meta`, up to its `DirEnd`.
+    fn directory(
+        &mut self,
+        source: &mut dyn EventSource,
+        root_meta: Meta,
+        previous: Option<&FilesCache>,
+        stats: &mut TreeStats,
+        files: &mut Vec<CachedFile>,
+    ) -> Result<Node, ArchiveError> {
+        let mut open: Vec<(Meta, Vec<Node>)> = vec![(root_meta, Vec::new())];
         // The open directory's path below the root, and where each open level's name starts in it.
         let mut dir_path: Vec<u8> = Vec::new();
         let mut dir_starts: Vec<usize> = Vec::new();
-        match source.next_event()? {
-            Event::Dir(meta) => open.push((meta, Vec::new())),
-            other => return Err(SourceError::Malformed(format!("a tree must start with its root directory, not {other:?}")).into()),
-        }
-        let root = loop {
+        loop {
             let node = match source.next_event()? {
                 Event::Dir(meta) => {
                     dir_starts.push(dir_path.len());
@@ -80,46 +98,48 @@ impl<'a> Archiver<'a> {
                     self.store(id, BlobKind::Tree, tree)?;
                     let node = node_from(meta, Vec::new(), Some(id));
                     if open.is_empty() {
-                        break node;
+                        return Ok(node);
                     }
                     dir_path.truncate(dir_starts.pop().expect("a directory below the root is open"));
                     node
                 }
-                Event::File(meta) => {
-                    let (content, size) = self.file_content(source)?;
-                    stats.bytes += size;
-                    let mut node = node_from(meta.clone(), content, None);
-                    // What was read is what the snapshot holds, even if the file changed meanwhile.
-                    node.size = size;
-                    files.push(cached(&dir_path, &meta, &node));
-                    node
-                }
-                Event::Reused(meta) => {
-                    let path = join(&dir_path, &meta.name);
-                    let content = previous.and_then(|p| p.content(&path)).map(<[Id]>::to_vec).ok_or_else(|| {
-                        SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
-                    })?;
-                    for id in &content {
-                        if self.is_new(*id) {
-                            return Err(RepoError::Missing(format!("blob {id} of reused file {}", String::from_utf8_lossy(&path))).into());
-                        }
-                    }
-                    stats.bytes += meta.size;
-                    stats.unchanged_files += 1;
-                    let node = node_from(meta.clone(), content, None);
-                    files.push(cached(&dir_path, &meta, &node));
-                    node
-                }
+                Event::File(meta) => self.file(source, &dir_path, meta, stats, files)?,
+                Event::Reused(meta) => self.reused(previous, &dir_path, meta, stats, files)?,
                 Event::Leaf(meta) => node_from(meta, Vec::new(), None),
                 other => return Err(SourceError::Malformed(format!("unexpected {other:?} in a directory")).into()),
             };
             stats.entries += 1;
             open.last_mut().expect("a directory is open").1.push(node);
-        };
-        match source.next_event()? {
-            Event::End => Ok(Archived { root, stats, files }),
-            other => Err(SourceError::Malformed(format!("expected the end of the tree, got {other:?}")).into()),
         }
+    }
+
+    /// A file whose content follows as `Data` events.
+    fn file(&mut self, source: &mut dyn EventSource, dir: &[u8], meta: Meta, stats: &mut TreeStats, files: &mut Vec<CachedFile>) -> Result<Node, ArchiveError> {
+        let (content, size) = self.file_content(source)?;
+        stats.bytes += size;
+        let mut node = node_from(meta.clone(), content, None);
+        // What was read is what the snapshot holds, even if the file changed meanwhile.
+        node.size = size;
+        files.push(cached(dir, &meta, &node));
+        Ok(node)
+    }
+
+    /// A file the agent did not read because the files cache has it unchanged.
+    fn reused(&mut self, previous: Option<&FilesCache>, dir: &[u8], meta: Meta, stats: &mut TreeStats, files: &mut Vec<CachedFile>) -> Result<Node, ArchiveError> {
+        let path = join(dir, &meta.name);
+        let content = previous.and_then(|p| p.content(&path)).map(<[Id]>::to_vec).ok_or_else(|| {
+            SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
+        })?;
+        for id in &content {
+            if self.is_new(*id) {
+                return Err(RepoError::Missing(format!("blob {id} of reused file {}", String::from_utf8_lossy(&path))).into());
+            }
+        }
+        stats.bytes += meta.size;
+        stats.unchanged_files += 1;
+        let node = node_from(meta.clone(), content, None);
+        files.push(cached(dir, &meta, &node));
+        Ok(node)
     }
 
     /// Cuts one file's content (its `Data` events up to `FileEnd`) into chunks and stores the new ones.

@@ -2,19 +2,20 @@
 //! manifest last, so that a failed or killed run never leaves a snapshot that looks complete; the packs
 //! it did store are reused by the next run, which is how an interrupted backup resumes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bollard::Docker;
+use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
-use crate::archiver::Archiver;
-use crate::cache::{CachedFile, FilesCache};
+use crate::archiver::{ArchiveError, Archived, Archiver};
+use crate::cache::FilesCache;
 use crate::config::Config;
 use crate::docker::discover::{discover, MountSource};
-use crate::docker::helper::{self, ChannelReader, ChannelWriter, Helper, HelperSpec};
+use crate::docker::engine::Engine;
+use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::pack::Packer;
 use crate::repo::{Id, RepoError, Repository, Snapshot, FORMAT_VERSION};
@@ -29,6 +30,8 @@ pub struct BackupOutcome {
     pub skipped: Vec<String>,
     /// Problems that cost speed next time, not this snapshot.
     pub warnings: Vec<String>,
+    /// How each source (in the snapshot's order) was read: in-process, or through a helper.
+    pub routes: Vec<String>,
 }
 
 enum Planned {
@@ -55,11 +58,10 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
 
     let mut planned = Vec::new();
     let mut skipped = Vec::new();
-    let mut docker_ctx = None;
+    let mut engine = None;
     if config.docker.select.is_set() {
-        let docker = crate::docker::connect(config.docker.host.as_deref()).await?;
-        helper::remove_stale_helpers(&docker).await?;
-        let found = discover(&docker, &config.docker.select).await?;
+        let started = Engine::start(config).await?;
+        let found = discover(&started.docker, &config.docker.select).await?;
         if found.containers.is_empty() {
             return Err(Error::Usage(format!(
                 "no container matches docker.select ({}); check the compose project name or label",
@@ -68,8 +70,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         }
         skipped = found.skipped;
         planned.extend(found.sources.into_iter().map(Planned::Mount));
-        let image = helper::ensure_agent_image(&docker).await?;
-        docker_ctx = Some((docker, image));
+        engine = Some(started);
     }
     planned.extend(config.paths.iter().cloned().map(Planned::Path));
     if planned.is_empty() {
@@ -87,26 +88,51 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut records = Vec::new();
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
+        let mut routes = Vec::new();
         for source in planned {
             let cache = FilesCache::load(FilesCache::path(&cache_root, &repo.config.id, &source.key()), &index);
-            let (record, files, unchanged) = match source {
-                Planned::Path(path) => archive_path(&mut archiver, path, &cache)?,
+            let (archived, kind, name, mount) = match source {
+                Planned::Path(path) => {
+                    let archived = archive_local(&mut archiver, &path, &cache).map_err(|e| Error::source(path.display(), e))?;
+                    routes.push("in-process".to_string());
+                    (archived, SourceKind::Path, path.display().to_string(), None)
+                }
                 Planned::Mount(mount) => {
-                    let (docker, image) = docker_ctx.as_ref().expect("mounts come from Docker");
-                    archive_mount(&handle, docker, image, &mut archiver, mount, &cache)?
+                    let engine = engine.as_ref().expect("mounts come from Docker");
+                    // Mounted into this very container: read in-process, no helper needed.
+                    let archived = match engine.own_path(mount.kind, &mount.name, false) {
+                        Some(path) => {
+                            routes.push(format!("in-process at {}", path.display()));
+                            archive_local(&mut archiver, &path, &cache).map_err(|e| Error::source(shown(&mount), e))?
+                        }
+                        None => {
+                            routes.push(format!("through a helper, {}", engine.route()));
+                            archive_mount(&handle, engine, &mut archiver, &mount, &cache)?
+                        }
+                    };
+                    (archived, mount.kind, mount.name.clone(), Some(mount))
                 }
             };
-            unchanged_files += unchanged;
-            records.push(record);
-            caches.push((cache, files));
+            unchanged_files += archived.stats.unchanged_files;
+            records.push(SourceRecord {
+                kind,
+                name,
+                root: archived.root,
+                mounted_by: mount.as_ref().map(|m| m.mounted_by.clone()).unwrap_or_default(),
+                volume_driver: mount.as_ref().and_then(|m| m.volume_driver.clone()),
+                volume_labels: mount.map(|m| m.volume_labels).unwrap_or_default(),
+                entries: archived.stats.entries,
+                bytes: archived.stats.bytes,
+            });
+            caches.push((cache, archived.files));
         }
         let new_bytes = archiver.new_bytes;
         let (report, packs) = archiver.finish()?;
-        Ok((repo, records, caches, unchanged_files, new_bytes, report, packs))
+        Ok((repo, records, caches, unchanged_files, new_bytes, report, packs, routes))
     })
     .await
     .expect("backup thread panicked");
-    let (repo, sources, caches, unchanged_files, new_bytes, report, packs) = archived?;
+    let (repo, sources, caches, unchanged_files, new_bytes, report, packs, routes) = archived?;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -124,7 +150,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         .into_iter()
         .filter_map(|(cache, files)| cache.save(files).err().map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display())))
         .collect();
-    Ok(BackupOutcome { id, snapshot, skipped, warnings })
+    Ok(BackupOutcome { id, snapshot, skipped, warnings, routes })
 }
 
 fn describe_selection(config: &Config) -> String {
@@ -154,79 +180,51 @@ fn check_recipients(config: &Config, repo: &Repository) -> Result<(), RepoError>
     Ok(())
 }
 
-fn archive_path(archiver: &mut Archiver, path: PathBuf, cache: &FilesCache) -> Result<(SourceRecord, Vec<CachedFile>, u64), Error> {
+fn shown(mount: &MountSource) -> String {
+    format!("{} {}", if mount.kind == SourceKind::Volume { "volume" } else { "bind mount" }, mount.name)
+}
+
+/// Reads a tree this process sees itself: a configured path, or a mount of its own container.
+fn archive_local(archiver: &mut Archiver, path: &Path, cache: &FilesCache) -> Result<Archived, ArchiveError> {
     let (tx, rx) = sync_channel(16);
-    let archived = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope.spawn(|| {
             let known = |p: &[u8]| cache.stamp(p);
-            let result = walk::walk(&path, &known, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
+            let result = walk::walk(path, &known, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
             if let Err(e) = result {
                 let _ = tx.send(Err(e));
             }
         });
         archiver.archive(&mut ChannelSource(rx), Some(cache))
-    });
-    let archived = archived.map_err(|e| Error::source(path.display(), e))?;
-    let record = SourceRecord {
-        kind: SourceKind::Path,
-        name: path.display().to_string(),
-        root: archived.root,
-        mounted_by: Vec::new(),
-        volume_driver: None,
-        volume_labels: Default::default(),
-        entries: archived.stats.entries,
-        bytes: archived.stats.bytes,
-    };
-    Ok((record, archived.files, archived.stats.unchanged_files))
+    })
 }
 
 /// Reads a volume or bind mount through a helper that runs the agent with the source mounted read-only:
-/// first the stamps of the files cache go to its stdin, then the tree comes back on its stdout.
-/// Runs on a blocking thread: the helper's streams are used with blocking calls, Docker is driven
-/// through `handle`.
-fn archive_mount(
-    handle: &Handle,
-    docker: &Docker,
-    image: &str,
-    archiver: &mut Archiver<'_>,
-    mount: MountSource,
-    cache: &FilesCache,
-) -> Result<(SourceRecord, Vec<CachedFile>, u64), Error> {
-    let shown = format!("{} {}", if mount.kind == SourceKind::Volume { "volume" } else { "bind mount" }, mount.name);
-    let spec = HelperSpec {
-        image: image.to_string(),
-        binds: vec![format!("{}:/source:ro", mount.name)],
-        args: vec!["agent".into(), "read".into(), "/source".into()],
-        purpose: format!("backup of {shown}"),
-        stdin: true,
-    };
-    let (helper, stdout, stdin) = handle.block_on(Helper::start(docker, spec))?;
-    let stdin = stdin.expect("requested stdin");
+/// first the stamps of the files cache go to the agent, then the tree comes back. Runs on a blocking
+/// thread: the helper's streams are used with blocking calls, Docker is driven through `handle`.
+fn archive_mount(handle: &Handle, engine: &Engine, archiver: &mut Archiver<'_>, mount: &MountSource, cache: &FilesCache) -> Result<Archived, Error> {
+    let shown = shown(mount);
+    let typ = if mount.kind == SourceKind::Volume { MountType::VOLUME } else { MountType::BIND };
+    let source = Mount { typ: Some(typ), source: Some(mount.name.clone()), target: Some("/source".into()), read_only: Some(true), ..Default::default() };
+    let spec = HelperSpec { mounts: vec![source], binds: vec![], args: vec!["agent".into(), "read".into(), "/source".into()], purpose: format!("backup of {shown}") };
+    let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
+    let (reader, writer) = (io.reader, io.writer);
     let result = std::thread::scope(|scope| {
-        // A separate thread, so that a large stamp list can never wait on a stdout nobody reads.
-        scope.spawn(|| EventWriter::new(ChannelWriter::new(stdin)).write_stamps(cache.stamps()));
-        archiver.archive(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, ChannelReader::new(stdout))), Some(cache))
+        // A separate thread, so that a large stamp list can never wait on a tree nobody reads.
+        scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(cache.stamps()));
+        archiver.archive(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)), Some(cache))
     });
-    let archived = match result {
-        Ok(archived) => archived,
+    match result {
+        Ok(archived) => {
+            handle.block_on(helper.finish())?;
+            Ok(archived)
+        }
         Err(e) => {
             // The agent's own words, when it has any, say more than a broken stream does.
             let stderr = helper.stderr();
             handle.block_on(helper.abort());
             let detail = if stderr.is_empty() { e.to_string() } else { format!("{e} (agent: {stderr})") };
-            return Err(Error::Source { source_name: shown, message: detail });
+            Err(Error::Source { source_name: shown, message: detail })
         }
-    };
-    handle.block_on(helper.finish())?;
-    let record = SourceRecord {
-        kind: mount.kind,
-        name: mount.name,
-        root: archived.root,
-        mounted_by: mount.mounted_by,
-        volume_driver: mount.volume_driver,
-        volume_labels: mount.volume_labels,
-        entries: archived.stats.entries,
-        bytes: archived.stats.bytes,
-    };
-    Ok((record, archived.files, archived.stats.unchanged_files))
+    }
 }

@@ -56,6 +56,33 @@ pub struct DockerConfig {
     pub host: Option<String>,
     #[serde(default)]
     pub select: SelectConfig,
+    /// How the agent's tree stream reaches the sidecar (see README, "How it reads and writes volumes").
+    #[serde(default)]
+    pub stream: StreamMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamMode {
+    /// A socket in a shared volume where one can be found, else the attach stream.
+    #[default]
+    Auto,
+    /// Always a socket in a shared volume; an error when none can be found.
+    Socket,
+    /// Always the container's attach stream (through dockerd): works with a remote engine.
+    Attach,
+}
+
+impl std::str::FromStr for StreamMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(StreamMode::Auto),
+            "socket" => Ok(StreamMode::Socket),
+            "attach" => Ok(StreamMode::Attach),
+            other => Err(format!("{other:?} is not one of auto, socket, attach")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -169,6 +196,7 @@ impl Config {
                     check_label(&value).map_err(env_err)?;
                     self.docker.select.label = Some(value.clone());
                 }
+                "STACKVAULT_DOCKER_STREAM" => self.docker.stream = value.parse().map_err(env_err)?,
                 "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
                 "STACKVAULT_CACHE_DIR" => self.cache_dir = Some(PathBuf::from(&value)),
                 "STACKVAULT_REPOSITORY_FILESYSTEM_PATH" => {

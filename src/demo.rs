@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder};
 use bollard::Docker;
 
 use crate::config::Config;
-use crate::docker::helper::{self, ChannelWriter, Helper, HelperSpec};
+use crate::docker::engine::Engine;
+use crate::docker::helper::{Helper, HelperSpec};
 use crate::docker::DockerError;
 use crate::source::wire::EventWriter;
 use crate::source::{EntryKind, Event, Meta};
@@ -23,20 +24,21 @@ const VOLUMES: [&str; 2] = ["stackvault-demo_recordings", "stackvault-demo_db"];
 pub async fn run(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("creating {}: {e}", dir.display())))?;
     let dir = dir.canonicalize().map_err(|e| Error::Usage(format!("{}: {e}", dir.display())))?;
-    let docker = crate::docker::connect(None).await?;
-    let image = helper::ensure_agent_image(&docker).await?;
-    remove_stack(&docker).await?;
-    println!("1. creating the demo stack '{PROJECT}': container {PROJECT}-app-1 with volumes {}", VOLUMES.join(", "));
-    create_stack(&docker, &image).await?;
-
     let config_path = dir.join("stackvault.yaml");
     let yaml = format!(
-        "# Written by `stackvault demo`; a working example of the configuration.\nstack: {PROJECT}\ndocker:\n  select:\n    project: {PROJECT}\nrepository:\n  filesystem:\n    path: {}\n",
-        dir.join("repository").display()
+        "# Written by `stackvault demo`; a working example of the configuration.\nstack: {PROJECT}\ndocker:\n  select:\n    project: {PROJECT}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n",
+        dir.join("repository").display(),
+        dir.join("cache").display()
     );
     std::fs::write(&config_path, yaml).map_err(|e| Error::Usage(format!("writing {}: {e}", config_path.display())))?;
     let config = Config::load(Some(&config_path))?;
     let repo_path = config.repository_path()?.to_path_buf();
+    let engine = Engine::start(&config).await?;
+    let (docker, image) = (&engine.docker, engine.agent_image());
+    remove_stack(docker).await?;
+    println!("1. creating the demo stack '{PROJECT}': container {PROJECT}-app-1 with volumes {}", VOLUMES.join(", "));
+    create_stack(&engine).await?;
+
     if !repo_path.join("config").exists() {
         std::fs::create_dir_all(&repo_path).map_err(|e| Error::Usage(format!("creating {}: {e}", repo_path.display())))?;
         let storage = crate::storage::filesystem::FilesystemStorage::open(&repo_path)?;
@@ -48,7 +50,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     println!("   snapshot {}: {} entries, {} bytes", first.id, first.snapshot.summary.entries, first.snapshot.summary.bytes);
 
     println!("3. disaster: removing the container and its volumes");
-    remove_stack(&docker).await?;
+    remove_stack(docker).await?;
 
     println!("4. restoring the latest snapshot");
     let options = crate::restore::RestoreOptions { snapshot: "latest".into(), identity: None, force: false, to: None };
@@ -66,14 +68,14 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     println!("   {} snapshots ok, {} packs read", report.snapshots.len(), report.packs_read);
 
     println!("6. checking the restored volumes: backing them up again must give identical trees");
-    create_container(&docker, &image).await?;
+    create_container(docker, image).await?;
     let second = crate::backup::backup(&config).await?;
     let trees = |o: &crate::backup::BackupOutcome| o.snapshot.sources.iter().map(|s| (s.name.clone(), s.root.clone())).collect::<Vec<_>>();
     if trees(&first) != trees(&second) {
         return Err(Error::Usage("the restored volumes differ from the backed-up ones".into()));
     }
     println!("   identical: every file, directory, owner, mode, mtime and xattr; the second backup stored {} new bytes", second.snapshot.summary.new_bytes);
-    remove_stack(&docker).await?;
+    remove_stack(docker).await?;
     println!("demo done: the repository stays in {} (try `stackvault -c {} snapshots`)", repo_path.display(), config_path.display());
     Ok(())
 }
@@ -84,7 +86,8 @@ fn compose_labels(extra: &[(&str, &str)]) -> HashMap<String, String> {
     labels
 }
 
-async fn create_stack(docker: &Docker, image: &str) -> Result<(), Error> {
+async fn create_stack(engine: &Engine) -> Result<(), Error> {
+    let docker = &engine.docker;
     for volume in VOLUMES {
         let short = volume.trim_start_matches("stackvault-demo_");
         let request = VolumeCreateRequest {
@@ -93,9 +96,9 @@ async fn create_stack(docker: &Docker, image: &str) -> Result<(), Error> {
             ..Default::default()
         };
         docker.create_volume(request).await.map_err(DockerError::api(format!("creating volume {volume}")))?;
-        fill_volume(docker, image, volume).await?;
+        fill_volume(engine, volume).await?;
     }
-    create_container(docker, image).await
+    create_container(docker, engine.agent_image()).await
 }
 
 /// The stack's one container is created, never started: a backup needs its mounts, not its process.
@@ -136,19 +139,14 @@ async fn remove_stack(docker: &Docker) -> Result<(), Error> {
 
 /// Writes sample content into a volume through the restore agent: deterministic pseudo-random
 /// "recordings", or a text dump, with a symlink and varied owners and modes.
-async fn fill_volume(docker: &Docker, image: &str, volume: &str) -> Result<(), Error> {
-    let spec = HelperSpec {
-        image: image.into(),
-        binds: vec![format!("{volume}:/target")],
-        args: vec!["agent".into(), "write".into(), "/target".into()],
-        purpose: format!("demo data for {volume}"),
-        stdin: true,
-    };
-    let (helper, _stdout, stdin) = Helper::start(docker, spec).await?;
+async fn fill_volume(engine: &Engine, volume: &str) -> Result<(), Error> {
+    let target = Mount { typ: Some(MountType::VOLUME), source: Some(volume.into()), target: Some("/target".into()), ..Default::default() };
+    let spec = HelperSpec { mounts: vec![target], binds: vec![], args: vec!["agent".into(), "write".into(), "/target".into()], purpose: format!("demo data for {volume}") };
+    let (helper, io) = Helper::start(engine, spec).await?;
     let events = sample_tree(volume.ends_with("recordings"));
-    let stdin = stdin.expect("requested stdin");
+    let writer = io.writer;
     tokio::task::spawn_blocking(move || {
-        let mut out = EventWriter::new(ChannelWriter::new(stdin));
+        let mut out = EventWriter::new(std::io::BufWriter::new(writer));
         for event in &events {
             out.write(event)?;
         }

@@ -79,12 +79,33 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AgentAction {
-    Read { root: PathBuf },
+    Read {
+        root: PathBuf,
+        #[command(flatten)]
+        link: AgentLink,
+    },
     Write {
         root: PathBuf,
         #[arg(long)]
         replace: bool,
+        #[command(flatten)]
+        link: AgentLink,
     },
+}
+
+#[derive(clap::Args)]
+struct AgentLink {
+    /// The sidecar's socket; without it the agent uses stdin and stdout
+    #[arg(long, requires = "token")]
+    connect: Option<PathBuf>,
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl AgentLink {
+    fn link(&self) -> Option<stackvault::agent::Link<'_>> {
+        Some(stackvault::agent::Link { socket: self.connect.as_deref()?, token: self.token.as_deref()? })
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,8 +113,8 @@ fn main() -> ExitCode {
     if let Command::Agent { action } = &cli.command {
         // No runtime, no configuration: the agent only moves a tree through a pipe.
         let result = match action {
-            AgentAction::Read { root } => stackvault::agent::read(root),
-            AgentAction::Write { root, replace } => stackvault::agent::write(root, *replace),
+            AgentAction::Read { root, link } => stackvault::agent::read(root, link.link()),
+            AgentAction::Write { root, replace, link } => stackvault::agent::write(root, *replace, link.link()),
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -135,8 +156,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for warning in &outcome.warnings {
                 eprintln!("warning: {warning}");
             }
-            for source in &s.sources {
-                println!("  {:?} {}: {} entries, {}", source.kind, source.name, source.entries, bytes(source.bytes));
+            for (source, route) in s.sources.iter().zip(&outcome.routes) {
+                println!("  {:?} {}: {} entries, {} (read {route})", source.kind, source.name, source.entries, bytes(source.bytes));
             }
             println!(
                 "snapshot {} saved: {} entries, {} ({} unchanged files not read), {} new, {} stored in {} new packs, {:.1} s",

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use bollard::models::VolumeCreateRequest;
+use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use tokio::runtime::Handle;
 
 use crate::config::Config;
-use crate::docker::helper::{self, ChannelWriter, Helper, HelperSpec};
+use crate::docker::engine::Engine;
+use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::crypt::Identities;
 use crate::repo::format::{Node, SourceKind, SourceRecord, Tree};
 use crate::repo::pack::BlobReader;
@@ -43,14 +44,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     let (snapshot_id, snapshot) = repo.find_snapshot(&options.snapshot)?;
     let identities = options.identity.as_deref().map(Identities::load).transpose()?;
     let needs_docker = options.to.is_none() && snapshot.sources.iter().any(|s| s.kind != SourceKind::Path);
-    let docker_ctx = if needs_docker {
-        let docker = crate::docker::connect(config.docker.host.as_deref()).await?;
-        helper::remove_stale_helpers(&docker).await?;
-        let image = helper::ensure_agent_image(&docker).await?;
-        Some((docker, image))
-    } else {
-        None
-    };
+    let engine = if needs_docker { Some(Engine::start(config).await?) } else { None };
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
         let index = repo.load_index()?;
@@ -62,13 +56,14 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
             let local = match (&options.to, source.kind) {
                 (Some(dir), _) => Some(dir.join(kind_name(source.kind)).join(flatten_name(&source.name))),
                 (None, SourceKind::Path) => Some(PathBuf::from(&source.name)),
-                (None, _) => None,
+                // Mounted writable into this very container: write in-process, no helper needed.
+                (None, _) => engine.as_ref().and_then(|e| e.own_path(source.kind, &source.name, true)).filter(|_| !is_single_file(source)),
             };
             let (destination, report) = match local {
                 Some(dest) => (dest.display().to_string(), restore_local(&mut reader, source, &dest, options.force, &shown)?),
                 None => {
-                    let (docker, image) = docker_ctx.as_ref().expect("connected for mount sources");
-                    (shown.clone(), restore_mount(&handle, docker, image, &mut reader, source, options.force, &shown)?)
+                    let engine = engine.as_ref().expect("connected for mount sources");
+                    (shown.clone(), restore_mount(&handle, engine, &mut reader, source, options.force, &shown)?)
                 }
             };
             restored.push(RestoredSource { source: shown, destination, warnings: report });
@@ -93,22 +88,21 @@ fn flatten_name(name: &str) -> String {
     if flat.is_empty() || flat == "." || flat == ".." { "root".into() } else { flat }
 }
 
+/// A bind-mounted single file (an `nginx.conf`): its root node is the file itself.
+fn is_single_file(source: &SourceRecord) -> bool {
+    source.root.kind == crate::source::EntryKind::File
+}
+
 fn restore_local(reader: &mut BlobReader, source: &SourceRecord, dest: &Path, force: bool, shown: &str) -> Result<Vec<String>, Error> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::source(shown, SourceError::io(dest.display(), e)))?;
+    let folder = if is_single_file(source) { dest.parent().unwrap_or(Path::new("/")) } else { dest };
+    std::fs::create_dir_all(folder).map_err(|e| Error::source(shown, SourceError::io(folder.display(), e)))?;
     let mut replay = TreeReplay::new(reader, &source.root);
     let report: ApplyReport = apply(dest, &mut replay, force).map_err(|e| replay.blame(e, shown))?;
     Ok(report.warnings)
 }
 
-fn restore_mount(
-    handle: &Handle,
-    docker: &bollard::Docker,
-    image: &str,
-    reader: &mut BlobReader,
-    source: &SourceRecord,
-    force: bool,
-    shown: &str,
-) -> Result<Vec<String>, Error> {
+fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, source: &SourceRecord, force: bool, shown: &str) -> Result<Vec<String>, Error> {
+    let docker = &engine.docker;
     if source.kind == SourceKind::Volume {
         // Recreated with its driver and labels, so that compose adopts it as its own again.
         let exists = handle.block_on(docker.inspect_volume(&source.name)).is_ok();
@@ -124,13 +118,27 @@ fn restore_mount(
                 .map_err(crate::docker::DockerError::api(format!("creating volume {}", source.name)))?;
         }
     }
-    let mut args = vec!["agent".to_string(), "write".into(), "/target".into()];
+    // A single file is written into its folder (which the engine creates when missing), since
+    // bind-mounting a missing file would make the engine create a directory in its place.
+    let (mount_source, target) = match (is_single_file(source), Path::new(&source.name)) {
+        (true, path) => match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => (parent.display().to_string(), format!("/target/{}", name.to_string_lossy())),
+            _ => return Err(Error::source(shown, "a single file's host path has no folder and name")),
+        },
+        (false, _) => (source.name.clone(), "/target".to_string()),
+    };
+    let (mounts, binds) = if source.kind == SourceKind::Volume {
+        (vec![Mount { typ: Some(MountType::VOLUME), source: Some(mount_source), target: Some("/target".into()), ..Default::default() }], vec![])
+    } else {
+        (vec![], vec![format!("{mount_source}:/target")])
+    };
+    let mut args = vec!["agent".to_string(), "write".into(), target];
     if force {
         args.push("--replace".into());
     }
-    let spec = HelperSpec { image: image.to_string(), binds: vec![format!("{}:/target", source.name)], args, purpose: format!("restore of {shown}"), stdin: true };
-    let (helper, _stdout, stdin) = handle.block_on(Helper::start(docker, spec))?;
-    let mut out = EventWriter::new(ChannelWriter::new(stdin.expect("requested stdin")));
+    let spec = HelperSpec { mounts, binds, args, purpose: format!("restore of {shown}") };
+    let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
+    let mut out = EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, io.writer));
     let mut replay = TreeReplay::new(reader, &source.root);
     let sent = (|| -> Result<(), Error> {
         loop {
@@ -142,7 +150,8 @@ fn restore_mount(
             }
         }
     })();
-    drop(out); // closes the helper's stdin
+    drop(out); // ends the agent's input
+    drop(io.reader);
     match (sent, handle.block_on(helper.finish())) {
         (Ok(()), Ok(stderr)) => Ok(stderr.lines().filter(|l| l.starts_with("warning:")).map(str::to_string).collect()),
         // The agent refusing (a non-empty volume, an unsafe name) explains a broken pipe; say that.
@@ -211,6 +220,11 @@ fn meta_of(node: &Node) -> Meta {
 impl EventSource for TreeReplay<'_, '_> {
     fn next_event(&mut self) -> Result<Event, SourceError> {
         if let Some(root) = self.root.take() {
+            if root.kind == crate::source::EntryKind::File {
+                // A single-file source: the root is the file.
+                self.content = Some(root.content.clone().into_iter());
+                return Ok(Event::File(meta_of(&root)));
+            }
             let entries = self.load_tree(&root)?;
             self.open.push(entries);
             return Ok(Event::Dir(meta_of(&root)));

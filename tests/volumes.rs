@@ -109,27 +109,32 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
         assert!(helpers_left(&volume).is_empty(), "SIG{signal} left helpers: {:?}", helpers_left(&volume));
     }
 
-    // SIGKILL gives no chance to clean up: the helper stops by itself, the next run removes it.
-    let mut child = stackvault(&config).arg("backup").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    wait_for_helper();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    child.kill().unwrap();
-    assert!(!child.wait().unwrap().success());
-    assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
-    for _ in 0..600 {
-        let exited = docker(&["ps", "-a", "--filter", "label=stackvault.helper", "--filter", "status=exited", "--format", "{{.Label \"stackvault.helper\"}}"]);
-        if helpers_left(&volume).is_empty() || exited.contains(volume.as_str()) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    // SIGKILL gives no chance to clean up. Five in quick succession: each run removes the helpers of
+    // the dead ones at once (their owner process is gone), and the run after them leaves none at all.
+    for _ in 0..5 {
+        let mut child = stackvault(&config).arg("backup").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        wait_for_owned_helper(child.id());
+        child.kill().unwrap();
+        assert!(!child.wait().unwrap().success());
     }
-    // Past the grace that keeps a run off helpers a live run is about to remove itself.
-    std::thread::sleep(std::time::Duration::from_secs(11));
+    assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
     ok(stackvault(&config).arg("backup"));
     assert_eq!(snapshot_count(&repo), 1);
     assert!(helpers_left(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
     ok(stackvault(config).args(["verify", "--read-data"]));
     scene.cleanup();
+}
+
+/// Waits until a helper labelled as started by process `pid` exists.
+fn wait_for_owned_helper(pid: u32) {
+    for _ in 0..400 {
+        let owners = docker(&["ps", "-a", "--filter", "label=stackvault.owner", "--format", "{{.Label \"stackvault.owner\"}}"]);
+        if owners.lines().any(|o| o.contains(&format!("/{pid}/"))) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("process {pid} started no helper");
 }
 
 fn last_summary(config: &std::path::Path) -> serde_json::Value {

@@ -1,12 +1,15 @@
 //! Helper containers: stackvault's own static binary, imported as a one-file image, runs as the agent
 //! beside a volume (read-only for backup, read-write for restore) and speaks the tree event protocol
-//! over the container's stdout or stdin. Every helper carries [`HELPER_LABEL`]; it is removed when its
-//! work ends, and a run that was killed leaves one that the next run removes.
+//! with the sidecar, over a socket in a shared volume ([`super::exchange`]) or, failing that, over the
+//! container's attach stream. Every helper carries [`HELPER_LABEL`] and [`OWNER_LABEL`]; it is removed
+//! when its work ends, and one whose owning run died is removed by the next run at once.
 
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -18,9 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+use super::engine::Engine;
 use super::DockerError;
 
 pub const HELPER_LABEL: &str = "stackvault.helper";
+/// The run that started a helper, as [`Owner::label`] writes it.
+pub const OWNER_LABEL: &str = "stackvault.owner";
 const AGENT_REPOSITORY: &str = "stackvault-agent";
 /// Where the binary lives inside the agent image.
 const AGENT_PATH: &str = "/stackvault";
@@ -71,16 +77,79 @@ pub async fn ensure_agent_image(docker: &Docker) -> Result<String, DockerError> 
     Ok(reference)
 }
 
+/// The process that runs helpers: where it runs (`container:<id>` inside one of the engine's
+/// containers, else `host:<boot id>`), its pid there and its start time in clock ticks since boot.
+/// Pid and start time together name one process for good: a reused pid has another start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Owner {
+    pub fn current(own_container: Option<&str>) -> Owner {
+        let host = match own_container {
+            Some(id) => format!("container:{id}"),
+            None => format!("host:{}", std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim()),
+        };
+        let pid = std::process::id();
+        Owner { host, pid, start: process_start(pid).unwrap_or(0) }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.host, self.pid, self.start)
+    }
+
+    pub fn parse(label: &str) -> Option<Owner> {
+        let mut parts = label.rsplitn(3, '/');
+        let start = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        Some(Owner { host: parts.next()?.to_string(), pid, start })
+    }
+
+    /// Whether `self` still runs, as far as `me` can tell: a process in the same place is looked up
+    /// by pid and start time, one in another container is gone when that container is.
+    async fn liveness(&self, docker: &Docker, me: &Owner) -> Liveness {
+        if self.host == me.host {
+            return if process_start(self.pid) == Some(self.start) { Liveness::Alive } else { Liveness::Dead };
+        }
+        let Some(container) = self.host.strip_prefix("container:") else { return Liveness::Unknown };
+        match docker.inspect_container(container, None).await {
+            Ok(c) if c.state.as_ref().and_then(|s| s.running).unwrap_or(false) => Liveness::Unknown,
+            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Liveness::Dead,
+            Err(_) => Liveness::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    Dead,
+    /// Runs elsewhere (another container that still runs, another host): the graces decide.
+    Unknown,
+}
+
+/// A process's start time (field 22 of /proc/PID/stat), or None when no such process exists.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A live run removes its exited helper within moments; one exited longer ago than this was left
-/// by a run that died. The grace keeps concurrent runs (a backup and a restore) off each other's helpers.
+/// by a run that died. The grace applies only where the owner cannot be checked (another container
+/// that still runs, or a helper from a version without owner labels).
 const EXITED_GRACE_SECS: i64 = 10;
 /// A run creates and starts a helper back to back; one never started for this long was orphaned.
 const CREATED_GRACE_SECS: i64 = 600;
 /// A helper still running after a day is stuck (a read-only walk does not take that long).
 const RUNNING_LIMIT_SECS: i64 = 24 * 3600;
 
-/// Removes helpers that a killed run left behind; returns how many.
-pub async fn remove_stale_helpers(docker: &Docker) -> Result<usize, DockerError> {
+/// Removes helpers that dead runs left behind: at once when their owner is known to be gone, after
+/// the graces above when it cannot be checked; never those of a run that is alive. Returns how many.
+pub async fn remove_stale_helpers(docker: &Docker, me: &Owner) -> Result<usize, DockerError> {
     let filters = std::collections::HashMap::from([("label".to_string(), vec![HELPER_LABEL.to_string()])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     let helpers = docker.list_containers(Some(options)).await.map_err(DockerError::api("listing helper containers"))?;
@@ -88,15 +157,26 @@ pub async fn remove_stale_helpers(docker: &Docker) -> Result<usize, DockerError>
     let mut removed = 0;
     for helper in helpers {
         let Some(id) = helper.id else { continue };
-        let age = now - helper.created.unwrap_or(now);
-        let stale = match helper.state.map(|s| s.to_string()).as_deref() {
-            Some("running") | Some("restarting") | Some("paused") => age > RUNNING_LIMIT_SECS,
-            Some("created") => age > CREATED_GRACE_SECS,
-            _ => {
-                let finished = docker.inspect_container(&id, None).await.ok().and_then(|c| c.state).and_then(|s| s.finished_at);
-                let finished = finished.and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
-                let since = finished.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs() as i64);
-                since.map(|s| s > EXITED_GRACE_SECS).unwrap_or(true)
+        let owner = helper.labels.as_ref().and_then(|l| l.get(OWNER_LABEL)).and_then(|l| Owner::parse(l));
+        let liveness = match &owner {
+            Some(owner) => owner.liveness(docker, me).await,
+            None => Liveness::Unknown,
+        };
+        let stale = match liveness {
+            Liveness::Dead => true,
+            Liveness::Alive => false,
+            Liveness::Unknown => {
+                let age = now - helper.created.unwrap_or(now);
+                match helper.state.map(|s| s.to_string()).as_deref() {
+                    Some("running") | Some("restarting") | Some("paused") => age > RUNNING_LIMIT_SECS,
+                    Some("created") => age > CREATED_GRACE_SECS,
+                    _ => {
+                        let finished = docker.inspect_container(&id, None).await.ok().and_then(|c| c.state).and_then(|s| s.finished_at);
+                        let finished = finished.and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+                        let since = finished.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs() as i64);
+                        since.map(|s| s > EXITED_GRACE_SECS).unwrap_or(true)
+                    }
+                }
             }
         };
         if stale {
@@ -110,12 +190,21 @@ pub async fn remove_stale_helpers(docker: &Docker) -> Result<usize, DockerError>
 }
 
 pub struct HelperSpec {
-    pub image: String,
-    /// `SOURCE:DEST[:ro]` as in `docker run -v`.
+    /// The source or target the agent works on; the engine adds the exchange's mount.
+    pub mounts: Vec<Mount>,
+    /// `HOST:DEST` bind mounts whose host directory the engine creates when it is missing (a restore
+    /// onto a fresh host); the mounts API (engine API 1.41) cannot.
     pub binds: Vec<String>,
+    /// The agent's arguments; the engine adds where to connect.
     pub args: Vec<String>,
     pub purpose: String,
-    pub stdin: bool,
+}
+
+/// The agent's two directions: what it sends (the tree on backup, nothing on restore) and what it
+/// receives (the stamps on backup, the tree on restore). Dropping the writer ends the agent's input.
+pub struct HelperIo {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
 }
 
 /// A running helper. `finish` waits for its exit status and removes it; dropping it unfinished
@@ -128,27 +217,46 @@ pub struct Helper {
     finished: bool,
 }
 
+/// How long a started helper may take to connect to the exchange socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Helper {
-    /// Creates, attaches to and starts a helper. Its stdout arrives through the returned receiver; when
-    /// `spec.stdin`, bytes sent to the returned sender reach its stdin, which closes when the sender drops.
-    pub async fn start(docker: &Docker, spec: HelperSpec) -> Result<(Helper, mpsc::Receiver<Bytes>, Option<mpsc::Sender<Bytes>>), DockerError> {
+    /// Creates and starts a helper and connects to its agent: through the engine's exchange socket
+    /// when it has one, else through the container's attach stream.
+    pub async fn start(engine: &Engine, spec: HelperSpec) -> Result<(Helper, HelperIo), DockerError> {
+        let docker = &engine.docker;
         let mut cmd = vec![AGENT_PATH.to_string()];
         cmd.extend(spec.args.iter().cloned());
+        let mut mounts = spec.mounts.clone();
+        let listening = match engine.exchange() {
+            Some(exchange) => {
+                let listening = exchange.listen().map_err(|e| DockerError::Agent(format!("creating a socket in {}: {e}", exchange.describe())))?;
+                mounts.push(exchange.mount());
+                cmd.extend(["--connect".to_string(), listening.helper_path.clone(), "--token".into(), listening.token.clone()]);
+                Some(listening)
+            }
+            None => None,
+        };
+        let attach_stdio = listening.is_none();
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
+            image: Some(engine.agent_image().to_string()),
             cmd: Some(cmd),
-            labels: Some(std::collections::HashMap::from([(HELPER_LABEL.to_string(), spec.purpose.clone())])),
+            labels: Some(std::collections::HashMap::from([
+                (HELPER_LABEL.to_string(), spec.purpose.clone()),
+                (OWNER_LABEL.to_string(), engine.owner().label()),
+            ])),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            attach_stdin: Some(spec.stdin),
-            open_stdin: Some(spec.stdin),
-            stdin_once: Some(spec.stdin),
+            attach_stdin: Some(attach_stdio),
+            open_stdin: Some(attach_stdio),
+            stdin_once: Some(attach_stdio),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
+                mounts: Some(mounts),
                 binds: Some(spec.binds.clone()),
                 network_mode: Some("none".into()),
-                // The default json-file driver would also log every byte of the tree stream, as JSON:
-                // that costs 5x the transfer and fills the host's disk.
+                // The default json-file driver would also log every byte of an attached tree stream, as
+                // JSON: that costs 5x the transfer and fills the host's disk.
                 log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
                 ..Default::default()
             }),
@@ -159,7 +267,7 @@ impl Helper {
         LIVE_HELPERS.lock().expect("helper registry").push(created.id.clone());
         let helper = Helper { docker: docker.clone(), id: created.id, purpose: spec.purpose, stderr: Arc::default(), finished: false };
 
-        let attach = AttachContainerOptionsBuilder::default().stream(true).stdout(true).stderr(true).stdin(spec.stdin).build();
+        let attach = AttachContainerOptionsBuilder::default().stream(true).stdout(true).stderr(true).stdin(attach_stdio).build();
         let attached = docker.attach_container(&helper.id, Some(attach)).await.map_err(DockerError::api(format!("attaching to helper {}", helper.id)))?;
         docker.start_container(&helper.id, None).await.map_err(DockerError::api(format!("starting helper {}", helper.id)))?;
 
@@ -186,21 +294,54 @@ impl Helper {
                 }
             }
         });
-        let input = spec.stdin.then(|| {
-            let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
-            let mut input = attached.input;
-            tokio::spawn(async move {
-                while let Some(bytes) = in_rx.recv().await {
-                    if input.write_all(&bytes).await.is_err() {
-                        return;
+
+        let io = match listening {
+            Some(listening) => {
+                let stream = helper.accept(listening).await?;
+                let writer = stream.try_clone().map_err(|e| DockerError::Agent(format!("helper socket: {e}")))?;
+                HelperIo { reader: Box::new(stream), writer: Box::new(SocketWriter(writer)) }
+            }
+            None => {
+                let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
+                let mut input = attached.input;
+                tokio::spawn(async move {
+                    while let Some(bytes) = in_rx.recv().await {
+                        if input.write_all(&bytes).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                let _ = input.flush().await;
-                let _ = input.shutdown().await;
-            });
-            in_tx
-        });
-        Ok((helper, out_rx, input))
+                    let _ = input.flush().await;
+                    let _ = input.shutdown().await;
+                });
+                HelperIo { reader: Box::new(ChannelReader::new(out_rx)), writer: Box::new(ChannelWriter::new(in_tx)) }
+            }
+        };
+        Ok((helper, io))
+    }
+
+    /// Waits for the agent to connect and prove, by the token, that it is this helper's.
+    async fn accept(&self, listening: super::exchange::Listening) -> Result<UnixStream, DockerError> {
+        let failed = |why: String| DockerError::Agent(format!("{} ({}): {why}", self.purpose, listening.describe()));
+        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let mut exited = self.docker.wait_container(&self.id, Some(options));
+        let (mut stream, _) = tokio::select! {
+            accepted = listening.listener.accept() => accepted.map_err(|e| failed(format!("accepting the agent's connection: {e}")))?,
+            _ = exited.next() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(failed(format!(
+                    "the helper exited before it connected (agent: {}); if the engine cannot see this directory, set docker.stream: attach",
+                    self.stderr()
+                )));
+            }
+            _ = tokio::time::sleep(CONNECT_TIMEOUT) => return Err(failed(format!("the helper did not connect within {} s", CONNECT_TIMEOUT.as_secs()))),
+        };
+        let mut presented = vec![0u8; listening.token.len() + 1];
+        let read = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_exact(&mut presented)).await;
+        if !matches!(read, Ok(Ok(_))) || presented[..listening.token.len()] != *listening.token.as_bytes() || presented[listening.token.len()] != b'\n' {
+            return Err(failed("a connection without this helper's token".into()));
+        }
+        let stream = stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s));
+        stream.map_err(|e| failed(format!("helper socket: {e}")))
     }
 
     pub fn stderr(&self) -> String {
@@ -218,7 +359,7 @@ impl Helper {
             None => -1,
         };
         // Output may trail the exit by a moment.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let stderr = self.stderr();
         self.remove().await;
         if code != 0 {
@@ -254,14 +395,32 @@ impl Drop for Helper {
     }
 }
 
-/// Blocking `Read` over a helper's stdout, for the data path's threads.
-pub struct ChannelReader {
+/// The sidecar's sending half of the agent's socket: dropping it ends the agent's input.
+struct SocketWriter(UnixStream);
+
+impl Write for SocketWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for SocketWriter {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Blocking `Read` over a helper's attached stdout, for the data path's threads.
+struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     current: Bytes,
 }
 
 impl ChannelReader {
-    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
         ChannelReader { rx, current: Bytes::new() }
     }
 }
@@ -280,8 +439,8 @@ impl Read for ChannelReader {
     }
 }
 
-/// Blocking `Write` into a helper's stdin, batching small writes.
-pub struct ChannelWriter {
+/// Blocking `Write` into a helper's attached stdin, batching small writes.
+struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
 }
@@ -289,7 +448,7 @@ pub struct ChannelWriter {
 const WRITE_BATCH: usize = 256 << 10;
 
 impl ChannelWriter {
-    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
         ChannelWriter { tx, buf: Vec::with_capacity(WRITE_BATCH) }
     }
 }
@@ -309,5 +468,21 @@ impl Write for ChannelWriter {
         }
         let batch = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BATCH)));
         self.tx.blocking_send(batch).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the helper stopped reading"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_labels_round_trip_and_name_this_process() {
+        let me = Owner::current(None);
+        assert!(me.host.starts_with("host:") && me.start > 0, "{me:?}");
+        assert_eq!(Owner::parse(&me.label()), Some(me.clone()));
+        let in_container = Owner { host: "container:abc".into(), pid: 7, start: 99 };
+        assert_eq!(Owner::parse(&in_container.label()), Some(in_container));
+        assert_eq!(Owner::parse("garbage"), None);
+        assert_eq!(process_start(me.pid), Some(me.start));
     }
 }

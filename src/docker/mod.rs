@@ -1,7 +1,10 @@
 //! Everything that talks to the Docker Engine API: finding the stack's containers and mounts
-//! ([`discover`]) and running stackvault's agent in short-lived helper containers ([`helper`]).
+//! ([`discover`]), one run's hold on the engine ([`engine`]), and running stackvault's agent in
+//! short-lived helper containers ([`helper`]) that stream through a shared socket ([`exchange`]).
 
 pub mod discover;
+pub mod engine;
+pub mod exchange;
 pub mod helper;
 
 use bollard::Docker;

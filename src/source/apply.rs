@@ -25,9 +25,19 @@ pub struct ApplyReport {
     pub warnings: Vec<String>,
 }
 
-/// Restores the tree read from `source` into `root`, which must exist. An existing, non-empty root is
-/// refused unless `replace` is set, in which case its contents are removed first.
+/// Restores the tree read from `source` at `root`. A directory tree goes into the directory `root`,
+/// which must exist; an existing, non-empty one is refused unless `replace` is set, in which case its
+/// contents are removed first. A single-file tree (a bind-mounted file) becomes the file `root`, whose
+/// parent must exist; an existing one is refused unless `replace`.
 pub fn apply(root: &Path, source: &mut dyn EventSource, replace: bool) -> Result<ApplyReport, SourceError> {
+    match source.next_event()? {
+        Event::Dir(meta) => apply_tree(root, meta, source, replace),
+        Event::File(meta) => apply_file(root, meta, source, replace),
+        other => Err(SourceError::Malformed(format!("a tree must start with its root directory or file, not {other:?}"))),
+    }
+}
+
+fn apply_tree(root: &Path, meta: Meta, source: &mut dyn EventSource, replace: bool) -> Result<ApplyReport, SourceError> {
     let root_dir = open_dir_path(root)?;
     if !is_empty(&root_dir, root)? {
         if !replace {
@@ -38,16 +48,40 @@ pub fn apply(root: &Path, source: &mut dyn EventSource, replace: bool) -> Result
         }
         clear_dir(&root_dir, root)?;
     }
-    let mut applier = Applier { root: root_dir, dirs: Vec::new(), file: None, report: ApplyReport::default() };
-    match source.next_event()? {
-        Event::Dir(meta) => applier.dirs.push((applier.root.try_clone().map_err(|e| SourceError::io(root.display(), e))?, meta)),
-        other => return Err(SourceError::Malformed(format!("a tree must start with its root directory, not {other:?}"))),
-    }
+    let top = root_dir.try_clone().map_err(|e| SourceError::io(root.display(), e))?;
+    let mut applier = Applier { root: root_dir, dirs: vec![(top, meta)], file: None, report: ApplyReport::default() };
     loop {
         match source.next_event()? {
             Event::End if applier.dirs.is_empty() => return Ok(applier.report),
             Event::End => return Err(SourceError::Malformed("the tree ended inside a directory".into())),
             event => applier.apply(event)?,
+        }
+    }
+}
+
+fn apply_file(path: &Path, mut meta: Meta, source: &mut dyn EventSource, replace: bool) -> Result<ApplyReport, SourceError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(SourceError::Refused(format!("{} cannot hold a file", path.display())));
+    };
+    let parent_dir = open_dir_path(if parent.as_os_str().is_empty() { Path::new(".") } else { parent })?;
+    let cname = safe_name(name.as_bytes(), "a file's destination")?;
+    let mut existing: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatat(parent_dir.as_raw_fd(), cname.as_ptr(), &mut existing, libc::AT_SYMLINK_NOFOLLOW) } == 0 {
+        if !replace || existing.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(SourceError::Refused(format!("{} exists: use --force to replace it (a directory is never replaced by a file)", path.display())));
+        }
+        cvt(unsafe { libc::unlinkat(parent_dir.as_raw_fd(), cname.as_ptr(), 0) }, name.as_bytes())?;
+    }
+    meta.name = name.as_bytes().to_vec();
+    let top = parent_dir.try_clone().map_err(|e| SourceError::io(parent.display(), e))?;
+    // The parent is the destination's, not the snapshot's: its metadata is never applied.
+    let mut applier = Applier { root: parent_dir, dirs: vec![(top, meta.clone())], file: None, report: ApplyReport::default() };
+    applier.apply(Event::File(meta))?;
+    loop {
+        match source.next_event()? {
+            Event::End if applier.file.is_none() => return Ok(applier.report),
+            event @ (Event::Data(_) | Event::FileEnd) => applier.apply(event)?,
+            other => return Err(SourceError::Malformed(format!("unexpected {other:?} in a single-file tree"))),
         }
     }
 }

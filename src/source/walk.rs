@@ -14,14 +14,24 @@ use super::{EntryKind, Event, Meta, SourceError, Stamp};
 pub const DATA_PIECE: usize = 1 << 20;
 
 /// Walks `root` depth-first in byte order of names and hands every event to `emit`, ending with `End`.
-/// The root must be a directory. Symlinks are recorded, never followed. A regular file whose path
-/// (relative to the root) has, by `known`, the same stamp as now is not read: it becomes `Reused`.
+/// The root is a directory, or a regular file (a bind-mounted `nginx.conf`), which is then the whole
+/// tree. Symlinks are recorded, never followed. A regular file whose path (relative to the root; empty
+/// for a file root) has, by `known`, the same stamp as now is not read: it becomes `Reused`.
 pub fn walk(root: &Path, known: &dyn Fn(&[u8]) -> Option<Stamp>, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
     let md = fs::symlink_metadata(root).map_err(|e| SourceError::io(root.display(), e))?;
-    if !md.is_dir() {
-        return Err(SourceError::Refused(format!("{} is not a directory", root.display())));
-    }
     let mut walker = Walker { root: root.to_path_buf(), known, first_names: HashMap::new() };
+    if md.is_file() {
+        let meta = walker.meta(root, Vec::new(), &md)?;
+        if known(b"") == Some(meta.stamp()) {
+            emit(Event::Reused(meta))?;
+        } else {
+            walker.file(root, meta, emit)?;
+        }
+        return emit(Event::End);
+    }
+    if !md.is_dir() {
+        return Err(SourceError::Refused(format!("{} is neither a directory nor a regular file", root.display())));
+    }
     let meta = walker.meta(root, Vec::new(), &md)?;
     emit(Event::Dir(meta))?;
     walker.children(root, emit)?;
