@@ -34,17 +34,22 @@ pub fn read(root: &Path, link: Option<Link>) -> Result<(), SourceError> {
     }
 }
 
-/// Applies the tree it receives to `root`; warnings go to stderr, one per line, prefixed `warning:`.
+/// The last line of a successful `write`'s report, after its warnings.
+pub const WRITE_DONE: &str = "restored";
+
+/// Applies the tree it receives to `root`, then sends its report back: one `warning: …` line per
+/// warning and a final `restored N entries, B bytes` line. The sidecar takes that line, not the exit
+/// status, as success, so it need not wait for the container's teardown (which syncs the filesystem).
 pub fn write(root: &Path, replace: bool, link: Option<Link>) -> Result<(), SourceError> {
-    let (input, _) = channel(link)?;
+    let (input, mut output) = channel(link)?;
     let mut input = EventReader::new(BufReader::with_capacity(1 << 20, input));
     let report = apply::apply(root, &mut input, replace)?;
-    let mut stderr = std::io::stderr().lock();
+    let mut text = String::new();
     for warning in &report.warnings {
-        let _ = writeln!(stderr, "warning: {warning}");
+        text.push_str(&format!("warning: {warning}\n"));
     }
-    let _ = writeln!(stderr, "restored {} entries, {} bytes", report.entries, report.bytes);
-    Ok(())
+    text.push_str(&format!("{WRITE_DONE} {} entries, {} bytes\n", report.entries, report.bytes));
+    output.write_all(text.as_bytes()).and_then(|()| output.flush()).map_err(SourceError::Stream)
 }
 
 fn channel(link: Option<Link>) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>), SourceError> {
@@ -52,6 +57,7 @@ fn channel(link: Option<Link>) -> Result<(Box<dyn Read + Send>, Box<dyn Write + 
         Some(Link { socket, token }) => {
             let mut stream = UnixStream::connect(socket).map_err(|e| SourceError::io(format!("connecting to {}", socket.display()), e))?;
             stream.write_all(format!("{token}\n").as_bytes()).map_err(SourceError::Stream)?;
+            crate::source::wire::widen_send_buffer(&stream);
             let input = stream.try_clone().map_err(SourceError::Stream)?;
             Ok((Box::new(input), Box::new(stream)))
         }

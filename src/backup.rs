@@ -206,7 +206,7 @@ fn archive_mount(handle: &Handle, engine: &Engine, archiver: &mut Archiver<'_>, 
     let shown = shown(mount);
     let typ = if mount.kind == SourceKind::Volume { MountType::VOLUME } else { MountType::BIND };
     let source = Mount { typ: Some(typ), source: Some(mount.name.clone()), target: Some("/source".into()), read_only: Some(true), ..Default::default() };
-    let spec = HelperSpec { mounts: vec![source], binds: vec![], args: vec!["agent".into(), "read".into(), "/source".into()], purpose: format!("backup of {shown}") };
+    let spec = HelperSpec { auto_remove: false, mounts: vec![source], binds: vec![], args: vec!["agent".into(), "read".into(), "/source".into()], purpose: format!("backup of {shown}") };
     let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
     let (reader, writer) = (io.reader, io.writer);
     let result = std::thread::scope(|scope| {

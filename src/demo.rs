@@ -141,7 +141,7 @@ async fn remove_stack(docker: &Docker) -> Result<(), Error> {
 /// "recordings", or a text dump, with a symlink and varied owners and modes.
 async fn fill_volume(engine: &Engine, volume: &str) -> Result<(), Error> {
     let target = Mount { typ: Some(MountType::VOLUME), source: Some(volume.into()), target: Some("/target".into()), ..Default::default() };
-    let spec = HelperSpec { mounts: vec![target], binds: vec![], args: vec!["agent".into(), "write".into(), "/target".into()], purpose: format!("demo data for {volume}") };
+    let spec = HelperSpec { auto_remove: false, mounts: vec![target], binds: vec![], args: vec!["agent".into(), "write".into(), "/target".into()], purpose: format!("demo data for {volume}") };
     let (helper, io) = Helper::start(engine, spec).await?;
     let events = sample_tree(volume.ends_with("recordings"));
     let writer = io.writer;

@@ -136,7 +136,7 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, sour
     if force {
         args.push("--replace".into());
     }
-    let spec = HelperSpec { mounts, binds, args, purpose: format!("restore of {shown}") };
+    let spec = HelperSpec { auto_remove: true, mounts, binds, args, purpose: format!("restore of {shown}") };
     let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
     let mut out = EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, io.writer));
     let mut replay = TreeReplay::new(reader, &source.root);
@@ -151,12 +151,19 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, sour
         }
     })();
     drop(out); // ends the agent's input
-    drop(io.reader);
+    // The agent's report, a few lines; bounded all the same.
+    let mut report = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(io.reader, 1 << 20), &mut report);
+    let done = report.lines().last().is_some_and(|l| l.starts_with(crate::agent::WRITE_DONE));
+    if sent.is_ok() && done {
+        helper.release();
+        return Ok(report.lines().filter(|l| l.starts_with("warning:")).map(str::to_string).collect());
+    }
     match (sent, handle.block_on(helper.finish())) {
-        (Ok(()), Ok(stderr)) => Ok(stderr.lines().filter(|l| l.starts_with("warning:")).map(str::to_string).collect()),
         // The agent refusing (a non-empty volume, an unsafe name) explains a broken pipe; say that.
         (_, Err(agent)) => Err(agent.into()),
         (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(stderr)) => Err(Error::source(shown, format!("the agent ended without its report ({stderr})"))),
     }
 }
 

@@ -55,7 +55,7 @@ fn a_backup_and_a_restore_of_different_stacks_run_at_the_same_time() {
     }
     manifest(&b.mountpoint(), &b.work.join("restored.json"));
     assert_same(&b.work.join("state.json"), &b.work.join("restored.json"));
-    assert!(helpers_left(&a.volume).is_empty() && helpers_left(&b.volume).is_empty());
+    assert!(helpers_remaining(&a.volume).is_empty() && helpers_remaining(&b.volume).is_empty());
     docker(&["rm", "-f", &b.container]);
     a.cleanup();
     b.cleanup();

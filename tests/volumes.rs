@@ -51,7 +51,7 @@ fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_
     assert_same(&work.join("state1.json"), &work.join("first.json"));
     ok(stackvault(&config).args(["verify", "--read-data"]));
 
-    assert!(helpers_left(volume).is_empty(), "helpers left behind: {:?}", helpers_left(volume));
+    assert!(helpers_remaining(volume).is_empty(), "helpers left behind: {:?}", helpers_left(volume));
     scene.cleanup();
 }
 

@@ -33,18 +33,25 @@ impl Engine {
         let docker = super::connect(config.docker.host.as_deref()).await?;
         let own = own_container(&docker).await;
         let owner = Owner::current(own.as_ref().map(|o| o.id.as_str()));
-        helper::remove_stale_helpers(&docker, &owner).await?;
-        let exchange = match config.docker.stream {
-            StreamMode::Attach => None,
-            mode => match Exchange::find(&docker, own.as_ref(), config.cache_dir(), is_local(config.docker.host.as_deref())).await {
-                Ok(exchange) => Some(exchange),
-                Err(why) if mode == StreamMode::Socket => {
-                    return Err(DockerError::Agent(format!("docker.stream is socket, but {why}; or set docker.stream: attach")))
+        // Independent round trips to the engine; importing the agent image is the long one (fresh engine).
+        let (swept, exchange, agent_image) = tokio::join!(
+            helper::remove_stale_helpers(&docker, &owner),
+            async {
+                match config.docker.stream {
+                    StreamMode::Attach => Ok(None),
+                    mode => match Exchange::find(&docker, own.as_ref(), config.cache_dir(), is_local(config.docker.host.as_deref())).await {
+                        Ok(exchange) => Ok(Some(exchange)),
+                        Err(why) if mode == StreamMode::Socket => {
+                            Err(DockerError::Agent(format!("docker.stream is socket, but {why}; or set docker.stream: attach")))
+                        }
+                        Err(_) => Ok(None),
+                    },
                 }
-                Err(_) => None,
             },
-        };
-        let agent_image = helper::ensure_agent_image(&docker).await?;
+            helper::ensure_agent_image(&docker),
+        );
+        swept?;
+        let (exchange, agent_image) = (exchange?, agent_image?);
         Ok(Engine { docker, agent_image, owner, exchange, own })
     }
 

@@ -190,6 +190,9 @@ pub async fn remove_stale_helpers(docker: &Docker, me: &Owner) -> Result<usize, 
 }
 
 pub struct HelperSpec {
+    /// The engine removes the container once it exits, so that a run can be done with a helper as soon
+    /// as the agent reports success ([`Helper::release`]).
+    pub auto_remove: bool,
     /// The source or target the agent works on; the engine adds the exchange's mount.
     pub mounts: Vec<Mount>,
     /// `HOST:DEST` bind mounts whose host directory the engine creates when it is missing (a restore
@@ -254,6 +257,7 @@ impl Helper {
             host_config: Some(HostConfig {
                 mounts: Some(mounts),
                 binds: Some(spec.binds.clone()),
+                auto_remove: Some(spec.auto_remove),
                 network_mode: Some("none".into()),
                 // The default json-file driver would also log every byte of an attached tree stream, as
                 // JSON: that costs 5x the transfer and fills the host's disk.
@@ -298,6 +302,7 @@ impl Helper {
         let io = match listening {
             Some(listening) => {
                 let stream = helper.accept(listening).await?;
+                crate::source::wire::widen_send_buffer(&stream);
                 let writer = stream.try_clone().map_err(|e| DockerError::Agent(format!("helper socket: {e}")))?;
                 HelperIo { reader: Box::new(stream), writer: Box::new(SocketWriter(writer)) }
             }
@@ -355,6 +360,8 @@ impl Helper {
         let code = match wait.next().await {
             Some(Ok(response)) => response.status_code,
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            // Removed by the engine already (auto-remove): the agent's words are all there is.
+            Some(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => -1,
             Some(Err(e)) => return Err(DockerError::Api { action: format!("waiting for helper {}", self.id), source: e }),
             None => -1,
         };
@@ -366,6 +373,13 @@ impl Helper {
             return Err(DockerError::HelperFailed { container: self.id.clone(), purpose: self.purpose.clone(), code, stderr });
         }
         Ok(stderr)
+    }
+
+    /// Leaves an auto-removed helper whose agent reported success to exit and go by itself: its
+    /// teardown (which syncs the host's filesystem) is not the run's to wait for.
+    pub fn release(mut self) {
+        LIVE_HELPERS.lock().expect("helper registry").retain(|id| *id != self.id);
+        self.finished = true;
     }
 
     pub async fn abort(mut self) {

@@ -27,6 +27,16 @@ const TAG_ERROR: u8 = b'X';
 /// making us allocate without bound.
 const MAX_FRAME: u32 = 16 << 20;
 
+/// Lets a socket carrying a tree stream hold several data frames in flight: with the default (about
+/// 200 KiB) each 1 MiB frame costs a handful of wake-ups on both sides. Best effort: the kernel caps
+/// it at net.core.wmem_max.
+pub fn widen_send_buffer(stream: &std::os::unix::net::UnixStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    unsafe { libc::setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &size as *const _ as *const libc::c_void, len) };
+}
+
 pub struct EventWriter<W: Write> {
     out: W,
     scratch: Vec<u8>,

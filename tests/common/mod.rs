@@ -124,6 +124,18 @@ pub fn helpers_left(name: &str) -> Vec<String> {
     purposes.lines().filter(|p| p.contains(name)).map(str::to_string).collect()
 }
 
+/// Helpers still present for `name` once those that are on their way out are gone: a restore helper
+/// whose agent reported success is removed by the engine a moment after the run (auto-remove).
+pub fn helpers_remaining(name: &str) -> Vec<String> {
+    for _ in 0..100 {
+        if helpers_left(name).is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    helpers_left(name)
+}
+
 /// A compose stack of one container and one volume filled by the fixture, and an initialised
 /// repository whose configuration selects the stack.
 pub struct Scene {
