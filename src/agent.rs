@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::source::wire::{EventReader, EventWriter};
+use crate::source::exclude::Rules;
 use crate::source::{apply, walk, SourceError};
 
 /// Where the sidecar listens, and the token that proves this agent is the helper it started.
@@ -18,13 +19,14 @@ pub struct Link<'a> {
 }
 
 /// Reads the stamps of the files the engine already has, then streams the tree at `root`, sending
-/// unchanged files as `Reused`. On failure the stream carries an error frame, so the reader learns why
+/// unchanged files as `Reused` and leaving out what `rules` exclude (without content on a dry run). On failure the stream carries an error frame, so the reader learns why
 /// rather than seeing a truncated stream.
-pub fn read(root: &Path, link: Option<Link>) -> Result<(), SourceError> {
+pub fn read(root: &Path, rules: &Rules, read_content: bool, link: Option<Link>) -> Result<(), SourceError> {
     let (input, output) = channel(link)?;
     let known = EventReader::new(BufReader::new(input)).read_stamps()?;
     let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, output));
-    let result = walk::walk(root, &|path| known.get(path).copied(), &mut |event| out.write(&event).map_err(SourceError::Stream));
+    let options = walk::WalkOptions { rules, read_content };
+    let result = walk::walk(root, &|path| known.get(path).copied(), &options, &mut |event| out.write(&event).map_err(SourceError::Stream));
     match result {
         Ok(()) => out.flush().map_err(SourceError::Stream),
         Err(e) => {

@@ -8,6 +8,7 @@ use crate::cache::{CachedFile, FilesCache};
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
 use crate::repo::pack::{Packer, ENTRY_HEADER};
 use crate::repo::{BlobKind, Id, Index, RepoError};
+use crate::source::exclude::Excluded;
 use crate::source::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub struct Archived {
     pub stats: TreeStats,
     /// Every regular file with its stamp and content, for the next run's files cache.
     pub files: Vec<CachedFile>,
+    /// What the walk's rules left out.
+    pub excluded: Vec<Excluded>,
 }
 
 pub struct Archiver<'a> {
@@ -64,8 +67,14 @@ impl<'a> Archiver<'a> {
             Event::Reused(meta) => self.reused(previous, &[], meta, &mut stats, &mut files)?,
             other => return Err(SourceError::Malformed(format!("a tree must start with its root directory or file, not {other:?}")).into()),
         };
-        match source.next_event()? {
-            Event::End => Ok(Archived { root, stats, files }),
+        let mut next = source.next_event()?;
+        let mut excluded = Vec::new();
+        if let Event::Excluded(list) = next {
+            excluded = list;
+            next = source.next_event()?;
+        }
+        match next {
+            Event::End => Ok(Archived { root, stats, files, excluded }),
             other => Err(SourceError::Malformed(format!("expected the end of the tree, got {other:?}")).into()),
         }
     }

@@ -2,7 +2,7 @@
 //! manifest last, so that a failed or killed run never leaves a snapshot that looks complete; the packs
 //! it did store are reused by the next run, which is how an interrupted backup resumes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use std::time::Instant;
 use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
-use crate::archiver::{ArchiveError, Archived, Archiver};
+use crate::archiver::{ArchiveError, Archiver};
 use crate::cache::FilesCache;
 use crate::config::Config;
 use crate::docker::discover::{discover, MountSource};
@@ -19,8 +19,10 @@ use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::pack::Packer;
 use crate::repo::{Id, RepoError, Repository, Snapshot, FORMAT_VERSION};
+use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_RULE};
+use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
-use crate::source::{walk, ChannelSource, SourceError};
+use crate::source::{walk, ChannelSource, Event, EventSource, SourceError};
 use crate::Error;
 
 pub struct BackupOutcome {
@@ -47,16 +49,51 @@ impl Planned {
             Planned::Path(p) => format!("Path:{}", p.display()),
         }
     }
+
+    fn kind(&self) -> SourceKind {
+        match self {
+            Planned::Mount(m) => m.kind,
+            Planned::Path(_) => SourceKind::Path,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Planned::Mount(m) => m.name.clone(),
+            Planned::Path(p) => p.display().to_string(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Planned::Mount(m) => format!("{} {}", if m.kind == SourceKind::Volume { "volume" } else { "bind mount" }, m.name),
+            Planned::Path(p) => format!("path {}", p.display()),
+        }
+    }
+
+    /// The exclusion rules for this source: the configuration's, then those of each container that
+    /// mounts it, matched as that container sees the mount.
+    fn rules(&self, config: &Config) -> Vec<RuleSet> {
+        let mut sets = Vec::new();
+        if !config.exclude.is_empty() {
+            sets.push(RuleSet { prefix: "/".into(), patterns: config.exclude.clone(), origin: "configuration".into() });
+        }
+        if let Planned::Mount(m) = self {
+            sets.extend(m.rules.iter().cloned());
+        }
+        sets
+    }
 }
 
-pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
-    let clock = Instant::now();
-    let time = crate::now_rfc3339();
-    let stack = config.stack()?.to_string();
-    let repo = Arc::new(crate::open_repository(config)?);
-    check_recipients(config, &repo)?;
+/// What a run will read: the engine (when Docker sources are selected) and the sources.
+struct Plan {
+    engine: Option<Engine>,
+    sources: Vec<Planned>,
+    skipped: Vec<String>,
+}
 
-    let mut planned = Vec::new();
+async fn plan(config: &Config) -> Result<Plan, Error> {
+    let mut sources = Vec::new();
     let mut skipped = Vec::new();
     let mut engine = None;
     if config.docker.select.is_set() {
@@ -69,18 +106,28 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             )));
         }
         skipped = found.skipped;
-        planned.extend(found.sources.into_iter().map(Planned::Mount));
+        sources.extend(found.sources.into_iter().map(Planned::Mount));
         engine = Some(started);
     }
-    planned.extend(config.paths.iter().cloned().map(Planned::Path));
-    if planned.is_empty() {
+    sources.extend(config.paths.iter().cloned().map(Planned::Path));
+    if sources.is_empty() {
         return Err(Error::Usage("nothing to back up: set docker.select (project or label) or paths in the configuration".into()));
     }
+    Ok(Plan { engine, sources, skipped })
+}
+
+pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
+    let clock = Instant::now();
+    let time = crate::now_rfc3339();
+    let stack = config.stack()?.to_string();
+    let repo = Arc::new(crate::open_repository(config)?);
+    check_recipients(config, &repo)?;
+    let Plan { engine, sources: planned, skipped } = plan(config).await?;
 
     let handle = Handle::current();
     let recipients = config.encryption.recipients.clone();
     let hostname = crate::hostname();
-    let cache_root = config.cache_dir().to_path_buf();
+    let config = config.clone();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let index = repo.load_index()?;
         let packer = Packer::start(&repo, recipients);
@@ -90,49 +137,41 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
         for source in planned {
-            let cache = FilesCache::load(FilesCache::path(&cache_root, &repo.config.id, &source.key()), &index);
-            let (archived, kind, name, mount) = match source {
-                Planned::Path(path) => {
-                    let archived = archive_local(&mut archiver, &path, &cache).map_err(|e| Error::source(path.display(), e))?;
-                    routes.push("in-process".to_string());
-                    (archived, SourceKind::Path, path.display().to_string(), None)
-                }
-                Planned::Mount(mount) => {
-                    let engine = engine.as_ref().expect("mounts come from Docker");
-                    // Mounted into this very container: read in-process, no helper needed.
-                    let archived = match engine.own_path(mount.kind, &mount.name, false) {
-                        Some(path) => {
-                            routes.push(format!("in-process at {}", path.display()));
-                            archive_local(&mut archiver, &path, &cache).map_err(|e| Error::source(shown(&mount), e))?
-                        }
-                        None => {
-                            routes.push(format!("through a helper, {}", engine.route()));
-                            archive_mount(&handle, engine, &mut archiver, &mount, &cache)?
-                        }
-                    };
-                    (archived, mount.kind, mount.name.clone(), Some(mount))
-                }
-            };
+            let cache = FilesCache::load(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()), &index);
+            let rules = source.rules(&config);
+            let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
+            let (archived, route) = read_source(&handle, engine.as_ref(), &source, &cache, &reading, |events| archiver.archive(events, Some(&cache)))?;
+            routes.push(route);
             unchanged_files += archived.stats.unchanged_files;
+            let mut in_force: Vec<String> = rules.iter().flat_map(|set| set.patterns.iter().map(move |p| format!("{}: {p}", set.origin))).collect();
+            if config.exclude_caches() {
+                in_force.push(format!("cache directory tag: {CACHE_TAG_RULE}"));
+            }
+            let mount = match &source {
+                Planned::Mount(m) => Some(m),
+                Planned::Path(_) => None,
+            };
             records.push(SourceRecord {
-                kind,
-                name,
+                kind: source.kind(),
+                name: source.name(),
                 root: archived.root,
-                mounted_by: mount.as_ref().map(|m| m.mounted_by.clone()).unwrap_or_default(),
-                volume_driver: mount.as_ref().and_then(|m| m.volume_driver.clone()),
-                volume_labels: mount.map(|m| m.volume_labels).unwrap_or_default(),
+                mounted_by: mount.map(|m| m.mounted_by.clone()).unwrap_or_default(),
+                volume_driver: mount.and_then(|m| m.volume_driver.clone()),
+                volume_labels: mount.map(|m| m.volume_labels.clone()).unwrap_or_default(),
                 entries: archived.stats.entries,
                 bytes: archived.stats.bytes,
+                exclude_rules: in_force,
+                excluded: archived.excluded,
             });
             caches.push((cache, archived.files));
         }
         let new_bytes = archiver.new_bytes;
         let (report, packs) = archiver.finish()?;
-        Ok((repo, records, caches, unchanged_files, new_bytes, report, packs, routes))
+        Ok((repo, records, caches, unchanged_files, new_bytes, report, packs, routes, config))
     })
     .await
     .expect("backup thread panicked");
-    let (repo, sources, caches, unchanged_files, new_bytes, report, packs, routes) = archived?;
+    let (repo, sources, caches, unchanged_files, new_bytes, report, packs, routes, config) = archived?;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -151,6 +190,179 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         .filter_map(|(cache, files)| cache.save(files).err().map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display())))
         .collect();
     Ok(BackupOutcome { id, snapshot, skipped, warnings, routes })
+}
+
+/// What `backup --dry-run` found for one source: what a backup would read, take unchanged from the
+/// files cache, and leave out. Nothing is read but metadata, nothing is written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceScan {
+    pub kind: SourceKind,
+    pub name: String,
+    pub route: String,
+    /// Entries below the source's root, as a snapshot counts them.
+    pub entries: u64,
+    pub files_to_read: u64,
+    pub bytes_to_read: u64,
+    pub unchanged_files: u64,
+    pub unchanged_bytes: u64,
+    pub excluded: Vec<Excluded>,
+}
+
+pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), Error> {
+    let repo = crate::open_repository(config)?;
+    let Plan { engine, sources, skipped } = plan(config).await?;
+    let handle = Handle::current();
+    let config = config.clone();
+    let scans = tokio::task::spawn_blocking(move || -> Result<Vec<SourceScan>, Error> {
+        let index = repo.load_index()?;
+        let mut scans = Vec::new();
+        for source in &sources {
+            let cache = FilesCache::load(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()), &index);
+            let rules = source.rules(&config);
+            let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: false };
+            let mut scan = SourceScan {
+                kind: source.kind(),
+                name: source.name(),
+                route: String::new(),
+                entries: 0,
+                files_to_read: 0,
+                bytes_to_read: 0,
+                unchanged_files: 0,
+                unchanged_bytes: 0,
+                excluded: Vec::new(),
+            };
+            let ((), route) = read_source(&handle, engine.as_ref(), source, &cache, &reading, |events| tally_scan(events, &mut scan))?;
+            scan.route = route;
+            scans.push(scan);
+        }
+        Ok(scans)
+    })
+    .await
+    .expect("dry-run thread panicked")?;
+    Ok((scans, skipped))
+}
+
+/// Counts a metadata-only walk the way the archiver counts a real one (the root is not an entry).
+fn tally_scan(events: &mut dyn EventSource, scan: &mut SourceScan) -> Result<(), ArchiveError> {
+    let mut depth = 0usize;
+    loop {
+        let event = events.next_event()?;
+        let below_root = depth > 0;
+        match event {
+            Event::Dir(_) => {
+                scan.entries += below_root as u64;
+                depth += 1;
+            }
+            Event::DirEnd => depth = depth.saturating_sub(1),
+            Event::File(meta) => {
+                scan.entries += below_root as u64;
+                scan.files_to_read += 1;
+                scan.bytes_to_read += meta.size;
+            }
+            Event::Reused(meta) => {
+                scan.entries += below_root as u64;
+                scan.unchanged_files += 1;
+                scan.unchanged_bytes += meta.size;
+            }
+            Event::Leaf(_) => scan.entries += 1,
+            Event::Data(_) | Event::FileEnd => {}
+            Event::Excluded(list) => scan.excluded = list,
+            Event::End => return Ok(()),
+        }
+    }
+}
+
+/// How to read a source: its exclusion rules, and whether content is read at all.
+struct Reading<'r> {
+    rules: &'r [RuleSet],
+    cache_tags: bool,
+    read_content: bool,
+}
+
+/// Hands the source's event stream to `consume`: walked in-process (a configured path, or a mount of
+/// this very container), or by an agent in a helper. Returns what `consume` gives and how it was read.
+fn read_source<T>(
+    handle: &Handle,
+    engine: Option<&Engine>,
+    source: &Planned,
+    cache: &FilesCache,
+    reading: &Reading,
+    consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
+) -> Result<(T, String), Error> {
+    let shown = source.shown();
+    let local = match source {
+        Planned::Path(path) => Some((path.clone(), "in-process".to_string())),
+        // Mounted into this very container: read in-process, no helper needed.
+        Planned::Mount(m) => {
+            engine.and_then(|e| e.own_path(m.kind, &m.name, false)).map(|p| (p.clone(), format!("in-process at {}", p.display())))
+        }
+    };
+    if let Some((path, route)) = local {
+        let rules = Rules::new(reading.rules, reading.cache_tags).map_err(|e| Error::source(&shown, e))?;
+        let options = WalkOptions { rules: &rules, read_content: reading.read_content };
+        let (tx, rx) = sync_channel(16);
+        let consumed = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let known = |p: &[u8]| cache.stamp(p);
+                let result = walk::walk(&path, &known, &options, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                }
+            });
+            consume(&mut ChannelSource(rx))
+        });
+        return consumed.map(|t| (t, route)).map_err(|e| Error::source(&shown, e));
+    }
+    let (Planned::Mount(mount), Some(engine)) = (source, engine) else { unreachable!("only mounts come without a local path") };
+    let route = format!("through a helper, {}", engine.route());
+    read_mount(handle, engine, mount, &shown, cache, reading, consume).map(|t| (t, route))
+}
+
+/// Reads a volume or bind mount through a helper that runs the agent with the source mounted read-only:
+/// first the stamps of the files cache go to the agent, then the tree comes back. Runs on a blocking
+/// thread: the helper's streams are used with blocking calls, Docker is driven through `handle`.
+fn read_mount<T>(
+    handle: &Handle,
+    engine: &Engine,
+    mount: &MountSource,
+    shown: &str,
+    cache: &FilesCache,
+    reading: &Reading,
+    consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
+) -> Result<T, Error> {
+    let typ = if mount.kind == SourceKind::Volume { MountType::VOLUME } else { MountType::BIND };
+    let source = Mount { typ: Some(typ), source: Some(mount.name.clone()), target: Some("/source".into()), read_only: Some(true), ..Default::default() };
+    let mut args = vec!["agent".to_string(), "read".into(), "/source".into()];
+    if !reading.rules.is_empty() {
+        args.extend(["--rules".to_string(), serde_json::to_string(reading.rules).expect("rules serialize")]);
+    }
+    if reading.cache_tags {
+        args.push("--exclude-caches".into());
+    }
+    if !reading.read_content {
+        args.push("--dry-run".into());
+    }
+    let spec = HelperSpec { auto_remove: false, mounts: vec![source], binds: vec![], args, purpose: format!("backup of {shown}") };
+    let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
+    let (reader, writer) = (io.reader, io.writer);
+    let result = std::thread::scope(|scope| {
+        // A separate thread, so that a large stamp list can never wait on a tree nobody reads.
+        scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(cache.stamps()));
+        consume(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)))
+    });
+    match result {
+        Ok(consumed) => {
+            handle.block_on(helper.finish())?;
+            Ok(consumed)
+        }
+        Err(e) => {
+            // The agent's own words, when it has any, say more than a broken stream does.
+            let stderr = helper.stderr();
+            handle.block_on(helper.abort());
+            let detail = if stderr.is_empty() { e.to_string() } else { format!("{e} (agent: {stderr})") };
+            Err(Error::Source { source_name: shown.to_string(), message: detail })
+        }
+    }
 }
 
 fn describe_selection(config: &Config) -> String {
@@ -178,53 +390,4 @@ fn check_recipients(config: &Config, repo: &Repository) -> Result<(), RepoError>
         )));
     }
     Ok(())
-}
-
-fn shown(mount: &MountSource) -> String {
-    format!("{} {}", if mount.kind == SourceKind::Volume { "volume" } else { "bind mount" }, mount.name)
-}
-
-/// Reads a tree this process sees itself: a configured path, or a mount of its own container.
-fn archive_local(archiver: &mut Archiver, path: &Path, cache: &FilesCache) -> Result<Archived, ArchiveError> {
-    let (tx, rx) = sync_channel(16);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let known = |p: &[u8]| cache.stamp(p);
-            let result = walk::walk(path, &known, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
-            if let Err(e) = result {
-                let _ = tx.send(Err(e));
-            }
-        });
-        archiver.archive(&mut ChannelSource(rx), Some(cache))
-    })
-}
-
-/// Reads a volume or bind mount through a helper that runs the agent with the source mounted read-only:
-/// first the stamps of the files cache go to the agent, then the tree comes back. Runs on a blocking
-/// thread: the helper's streams are used with blocking calls, Docker is driven through `handle`.
-fn archive_mount(handle: &Handle, engine: &Engine, archiver: &mut Archiver<'_>, mount: &MountSource, cache: &FilesCache) -> Result<Archived, Error> {
-    let shown = shown(mount);
-    let typ = if mount.kind == SourceKind::Volume { MountType::VOLUME } else { MountType::BIND };
-    let source = Mount { typ: Some(typ), source: Some(mount.name.clone()), target: Some("/source".into()), read_only: Some(true), ..Default::default() };
-    let spec = HelperSpec { auto_remove: false, mounts: vec![source], binds: vec![], args: vec!["agent".into(), "read".into(), "/source".into()], purpose: format!("backup of {shown}") };
-    let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
-    let (reader, writer) = (io.reader, io.writer);
-    let result = std::thread::scope(|scope| {
-        // A separate thread, so that a large stamp list can never wait on a tree nobody reads.
-        scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(cache.stamps()));
-        archiver.archive(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)), Some(cache))
-    });
-    match result {
-        Ok(archived) => {
-            handle.block_on(helper.finish())?;
-            Ok(archived)
-        }
-        Err(e) => {
-            // The agent's own words, when it has any, say more than a broken stream does.
-            let stderr = helper.stderr();
-            handle.block_on(helper.abort());
-            let detail = if stderr.is_empty() { e.to_string() } else { format!("{e} (agent: {stderr})") };
-            Err(Error::Source { source_name: shown, message: detail })
-        }
-    }
 }

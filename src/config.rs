@@ -44,6 +44,12 @@ pub struct Config {
     /// Where the files cache lives (the sidecar's own disk; losing it costs one full read).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Gitignore-style patterns left out of every source, matched against paths below its root.
+    #[serde(default, deserialize_with = "patterns")]
+    pub exclude: Vec<String>,
+    /// Leave out directories tagged with a CACHEDIR.TAG (all but the tag); on unless set to false.
+    #[serde(default)]
+    pub exclude_caches: Option<bool>,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -134,6 +140,19 @@ fn check_label(label: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    /// One pattern, checked where it is read, so that an error points at its own line.
+    struct Pattern(String);
+    impl<'de> Deserialize<'de> for Pattern {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let pattern = String::deserialize(d)?;
+            crate::source::exclude::check_pattern(&pattern).map_err(serde::de::Error::custom)?;
+            Ok(Pattern(pattern))
+        }
+    }
+    Ok(Vec::<Pattern>::deserialize(d)?.into_iter().map(|p| p.0).collect())
+}
+
 fn recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Recipient>, D::Error> {
     let texts = Vec::<String>::deserialize(d)?;
     texts
@@ -199,6 +218,16 @@ impl Config {
                 "STACKVAULT_DOCKER_STREAM" => self.docker.stream = value.parse().map_err(env_err)?,
                 "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
                 "STACKVAULT_CACHE_DIR" => self.cache_dir = Some(PathBuf::from(&value)),
+                "STACKVAULT_EXCLUDE" => {
+                    let patterns: Vec<String> = list().map(str::to_string).collect();
+                    for pattern in &patterns {
+                        crate::source::exclude::check_pattern(pattern).map_err(env_err)?;
+                    }
+                    self.exclude = patterns;
+                }
+                "STACKVAULT_EXCLUDE_CACHES" => {
+                    self.exclude_caches = Some(value.parse().map_err(|_| env_err(format!("{value:?} is not true or false")))?)
+                }
                 "STACKVAULT_REPOSITORY_FILESYSTEM_PATH" => {
                     self.repository.filesystem = Some(FilesystemConfig { path: PathBuf::from(&value) })
                 }
@@ -216,6 +245,10 @@ impl Config {
             key: "stack",
             hint: format!("name the stack in {} or set STACKVAULT_STACK", self.origin),
         })
+    }
+
+    pub fn exclude_caches(&self) -> bool {
+        self.exclude_caches.unwrap_or(true)
     }
 
     pub fn cache_dir(&self) -> &Path {
@@ -246,6 +279,12 @@ mod tests {
         let err = Config::parse("encryption:\n  recipients: [\"age1nope\"]\n", "s.yaml").unwrap_err().to_string();
         assert!(err.starts_with("s.yaml:2:"), "{err}");
         assert!(err.contains("recipients[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_exclude_pattern_names_its_line() {
+        let err = Config::parse("stack: a\nexclude:\n  - \"*.tmp\"\n  - \"[z-a]\"\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:3:") && err.contains("exclude") && err.contains("[z-a]") && err.contains("invalid range"), "{err}");
     }
 
     #[test]

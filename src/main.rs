@@ -27,7 +27,15 @@ enum Command {
     /// Create a repository at repository.filesystem.path
     Init,
     /// Back up the selected containers' volumes and bind mounts, and the configured paths
-    Backup,
+    Backup {
+        /// Walk every source's metadata and show what a backup would read, reuse and leave out;
+        /// reads no file content and writes nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print JSON
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
     /// List the snapshots in the repository
     Snapshots {
         /// Print JSON (one array of {id, snapshot}) instead of a table
@@ -81,6 +89,14 @@ enum Command {
 enum AgentAction {
     Read {
         root: PathBuf,
+        /// Exclusion rules, JSON (a list of {prefix, patterns, origin})
+        #[arg(long)]
+        rules: Option<String>,
+        #[arg(long)]
+        exclude_caches: bool,
+        /// Metadata only: announce the files a backup would read, without reading them
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         link: AgentLink,
     },
@@ -113,7 +129,19 @@ fn main() -> ExitCode {
     if let Command::Agent { action } = &cli.command {
         // No runtime, no configuration: the agent only moves a tree through a pipe.
         let result = match action {
-            AgentAction::Read { root, link } => stackvault::agent::read(root, link.link()),
+            AgentAction::Read { root, rules, exclude_caches, dry_run, link } => {
+                let sets: Vec<stackvault::source::exclude::RuleSet> = match rules.as_deref().map(serde_json::from_str).transpose() {
+                    Ok(sets) => sets.unwrap_or_default(),
+                    Err(e) => {
+                        eprintln!("stackvault agent: --rules: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                match stackvault::source::exclude::Rules::new(&sets, *exclude_caches) {
+                    Ok(rules) => stackvault::agent::read(root, &rules, !dry_run, link.link()),
+                    Err(e) => Err(stackvault::source::SourceError::Refused(e)),
+                }
+            }
             AgentAction::Write { root, replace, link } => stackvault::agent::write(root, *replace, link.link()),
         };
         return match result {
@@ -146,7 +174,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
             println!("created repository {} at {} ({encryption})", repo.config.id, path.display());
         }
-        Command::Backup => {
+        Command::Backup { dry_run: true, json } => {
+            let config = Config::load(config_path)?;
+            let (scans, skipped) = interruptible(&config, stackvault::backup::dry_run(&config)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sources": scans, "skipped": skipped}))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for skip in &skipped {
+                println!("skipped {skip}");
+            }
+            for scan in &scans {
+                println!(
+                    "  {:?} {} (read {}): {} entries; would read {} files, {}; unchanged {} files, {}",
+                    scan.kind,
+                    scan.name,
+                    scan.route,
+                    scan.entries,
+                    scan.files_to_read,
+                    bytes(scan.bytes_to_read),
+                    scan.unchanged_files,
+                    bytes(scan.unchanged_bytes)
+                );
+                print_excluded(&scan.excluded);
+            }
+            println!("dry run: nothing was read but metadata, nothing was written");
+        }
+        Command::Backup { .. } => {
             let config = Config::load(config_path)?;
             let outcome = interruptible(&config, stackvault::backup::backup(&config)).await??;
             let s = &outcome.snapshot;
@@ -158,6 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             for (source, route) in s.sources.iter().zip(&outcome.routes) {
                 println!("  {:?} {}: {} entries, {} (read {route})", source.kind, source.name, source.entries, bytes(source.bytes));
+                print_excluded(&source.excluded);
             }
             println!(
                 "snapshot {} saved: {} entries, {} ({} unchanged files not read), {} new, {} stored in {} new packs, {:.1} s",
@@ -179,16 +234,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let list: Vec<_> = snapshots.iter().map(|(id, s)| serde_json::json!({"id": id, "snapshot": s})).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}", "ID", "TIME", "STACK", "SOURCES", "SIZE", "NEW");
+                println!("{:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}  {:>10}", "ID", "TIME", "STACK", "SOURCES", "SIZE", "NEW", "EXCLUDED");
                 for (id, s) in &snapshots {
                     let short = &id.hex()[..12];
+                    let excluded: u64 = s.sources.iter().flat_map(|source| &source.excluded).map(|e| e.bytes).sum();
                     println!(
-                        "{short:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}",
+                        "{short:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}  {:>10}",
                         s.time,
                         s.stack,
                         s.sources.len(),
                         bytes(s.summary.bytes),
-                        bytes(s.summary.new_bytes)
+                        bytes(s.summary.new_bytes),
+                        bytes(excluded)
                     );
                 }
                 println!("{} snapshots", snapshots.len());
@@ -273,6 +330,12 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
     }
     eprintln!("interrupted by {signal_name}: no snapshot was written; the next run reuses what was stored");
     std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });
+}
+
+fn print_excluded(excluded: &[stackvault::source::exclude::Excluded]) {
+    for e in excluded {
+        println!("    excluded by {} ({}): {} entries, {}", e.rule, e.origin, e.entries, bytes(e.bytes));
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -134,6 +134,8 @@ fn crafted_repository(dir: &Path, entries: Vec<Node>, extra_trees: Vec<Tree>) ->
         volume_labels: Default::default(),
         entries: 1,
         bytes: 0,
+        exclude_rules: vec![],
+        excluded: vec![],
     };
     let snapshot = Snapshot {
         version: 1,

@@ -10,11 +10,14 @@ use super::helper::HELPER_LABEL;
 use super::DockerError;
 use crate::config::SelectConfig;
 use crate::repo::format::SourceKind;
+use crate::source::exclude::{check_pattern, RuleSet};
 
 /// A container carrying `stackvault.skip=true` contributes no mounts (the sidecar itself, say).
 pub const LABEL_SKIP: &str = "stackvault.skip";
 /// Comma-separated volume names, host paths or mount destinations of this container to leave out.
 pub const LABEL_EXCLUDE: &str = "stackvault.exclude";
+/// Comma-separated gitignore-style patterns, matched against paths as this container sees them.
+pub const LABEL_EXCLUDE_PATTERNS: &str = "stackvault.exclude-patterns";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSource {
@@ -25,6 +28,8 @@ pub struct MountSource {
     pub mounted_by: Vec<String>,
     pub volume_driver: Option<String>,
     pub volume_labels: BTreeMap<String, String>,
+    /// The `stackvault.exclude-patterns` of each container mounting it, anchored at its destination.
+    pub rules: Vec<RuleSet>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +72,11 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
             continue;
         }
         let excluded: Vec<&str> = labels.get(LABEL_EXCLUDE).map(|l| l.split(',').map(str::trim).collect()).unwrap_or_default();
+        let patterns: Vec<String> =
+            labels.get(LABEL_EXCLUDE_PATTERNS).map(|l| l.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+        for pattern in &patterns {
+            check_pattern(pattern).map_err(|e| DockerError::Label { container: name.clone(), label: LABEL_EXCLUDE_PATTERNS, message: e })?;
+        }
         for mount in container.mounts.unwrap_or_default() {
             let destination = mount.destination.clone().unwrap_or_default();
             let (kind, source_name) = match mount.typ.as_deref() {
@@ -91,8 +101,12 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
                 mounted_by: Vec::new(),
                 volume_driver: mount.driver.clone().filter(|d| !d.is_empty()),
                 volume_labels: BTreeMap::new(),
+                rules: Vec::new(),
             });
             entry.mounted_by.push(format!("{name}:{destination}"));
+            if !patterns.is_empty() {
+                entry.rules.push(RuleSet { prefix: destination.clone(), patterns: patterns.clone(), origin: format!("container {name}") });
+            }
         }
     }
     for mut source in by_key.into_values() {

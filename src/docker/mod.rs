@@ -19,6 +19,8 @@ pub enum DockerError {
     HelperFailed { container: String, purpose: String, code: i64, stderr: String },
     #[error("{0}")]
     Agent(String),
+    #[error("container {container}, label {label}: {message}")]
+    Label { container: String, label: &'static str, message: String },
 }
 
 impl DockerError {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::crypt::{self, Recipient};
 use super::{BlobKind, Id, RepoError, FORMAT_VERSION};
+use crate::source::exclude::Excluded;
 use crate::source::EntryKind;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +178,12 @@ pub struct SourceRecord {
     pub volume_labels: BTreeMap<String, String>,
     pub entries: u64,
     pub bytes: u64,
+    /// The exclusion rules in force, `origin: pattern` (README, "Leaving things out").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_rules: Vec<String>,
+    /// What those rules left out, per rule that matched anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Excluded>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -146,6 +146,7 @@ impl Applier {
             Event::Reused(meta) => {
                 return Err(SourceError::Malformed(format!("{}: a restore stream must carry content, not a reuse", lossy(&meta.name))))
             }
+            Event::Excluded(_) => return Err(SourceError::Malformed("exclusion counts in a restore stream".into())),
             Event::End => unreachable!("handled by the caller"),
         }
         Ok(())

@@ -66,7 +66,7 @@ pub struct Stamp {
 
 /// A tree is `Dir(root)`, then the root's children in name order (a `Dir` opens a subtree closed by
 /// `DirEnd`; a `File` is followed by its `Data` pieces and `FileEnd`; a `Reused` file by nothing), then
-/// `DirEnd` and `End`.
+/// `DirEnd`, optionally `Excluded`, and `End`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Dir(Meta),
@@ -79,5 +79,7 @@ pub enum Event {
     /// A regular file whose stamp equals the one the consumer gave the walker: its content is not sent,
     /// the consumer already has its blob ids.
     Reused(Meta),
+    /// After the root's `DirEnd`: what the walk's rules left out (source::exclude), by rule.
+    Excluded(Vec<super::exclude::Excluded>),
     End,
 }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod event;
+pub mod exclude;
 pub mod walk;
 pub mod wire;
 

@@ -8,18 +8,32 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use super::exclude::{measure, Rules, Tally, CACHEDIR_TAG, CACHE_TAG_RULE};
 use super::{EntryKind, Event, Meta, SourceError, Stamp};
 
 /// Size of the `Data` pieces a file is read in.
 pub const DATA_PIECE: usize = 1 << 20;
 
-/// Walks `root` depth-first in byte order of names and hands every event to `emit`, ending with `End`.
-/// The root is a directory, or a regular file (a bind-mounted `nginx.conf`), which is then the whole
-/// tree. Symlinks are recorded, never followed. A regular file whose path (relative to the root; empty
-/// for a file root) has, by `known`, the same stamp as now is not read: it becomes `Reused`.
-pub fn walk(root: &Path, known: &dyn Fn(&[u8]) -> Option<Stamp>, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+/// How a walk reads: what it leaves out, and whether it reads content at all.
+pub struct WalkOptions<'r> {
+    pub rules: &'r Rules,
+    /// Off for a dry run: a file that would be read is announced (`File` then `FileEnd`), not opened.
+    pub read_content: bool,
+}
+
+/// Walks `root` depth-first in byte order of names and hands every event to `emit`, ending with
+/// `Excluded` (when the rules left anything out) and `End`. The root is a directory, or a regular file
+/// (a bind-mounted `nginx.conf`), which is then the whole tree. Symlinks are recorded, never followed.
+/// A regular file whose path (relative to the root; empty for a file root) has, by `known`, the same
+/// stamp as now is not read: it becomes `Reused`. An excluded entry is never opened, nor sent.
+pub fn walk(
+    root: &Path,
+    known: &dyn Fn(&[u8]) -> Option<Stamp>,
+    options: &WalkOptions,
+    emit: &mut dyn FnMut(Event) -> Result<(), SourceError>,
+) -> Result<(), SourceError> {
     let md = fs::symlink_metadata(root).map_err(|e| SourceError::io(root.display(), e))?;
-    let mut walker = Walker { root: root.to_path_buf(), known, first_names: HashMap::new() };
+    let mut walker = Walker { root: root.to_path_buf(), known, options, tally: Tally::default(), first_names: HashMap::new() };
     if md.is_file() {
         let meta = walker.meta(root, Vec::new(), &md)?;
         if known(b"") == Some(meta.stamp()) {
@@ -36,12 +50,18 @@ pub fn walk(root: &Path, known: &dyn Fn(&[u8]) -> Option<Stamp>, emit: &mut dyn 
     emit(Event::Dir(meta))?;
     walker.children(root, emit)?;
     emit(Event::DirEnd)?;
+    let excluded = std::mem::take(&mut walker.tally).into_list();
+    if !excluded.is_empty() {
+        emit(Event::Excluded(excluded))?;
+    }
     emit(Event::End)
 }
 
 struct Walker<'k> {
     root: PathBuf,
     known: &'k dyn Fn(&[u8]) -> Option<Stamp>,
+    options: &'k WalkOptions<'k>,
+    tally: Tally,
     /// (device, inode) of multiply-linked files already emitted, with the path of their first name.
     first_names: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -53,6 +73,8 @@ impl Walker<'_> {
             names.push(entry.map_err(|e| SourceError::io(dir.display(), e))?.file_name());
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        // A tagged cache directory keeps its tag, so that a restore recreates it (empty but for that).
+        let tagged = self.options.rules.is_tagged_cache(dir);
         for name in names {
             let path = dir.join(&name);
             let md = match fs::symlink_metadata(&path) {
@@ -62,6 +84,17 @@ impl Walker<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(SourceError::io(path.display(), e)),
             };
+            let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root").as_os_str().as_bytes();
+            let rule = if tagged && name != CACHEDIR_TAG {
+                Some((CACHE_TAG_RULE, "cache directory tag"))
+            } else {
+                self.options.rules.excluded(rel, md.is_dir())
+            };
+            if let Some((rule, origin)) = rule {
+                let (entries, bytes) = if md.is_dir() { measure(&path) } else { (0, if md.is_file() { md.len() } else { 0 }) };
+                self.tally.add(rule, origin, entries + 1, bytes);
+                continue;
+            }
             let mut meta = self.meta(&path, name.as_bytes().to_vec(), &md)?;
             match meta.kind {
                 EntryKind::Dir => {
@@ -70,7 +103,6 @@ impl Walker<'_> {
                     emit(Event::DirEnd)?;
                 }
                 EntryKind::File => {
-                    let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root").as_os_str().as_bytes();
                     if md.nlink() > 1 {
                         if let Some(first) = self.first_names.get(&(md.dev(), md.ino())) {
                             meta.kind = EntryKind::Hardlink;
@@ -94,6 +126,10 @@ impl Walker<'_> {
     }
 
     fn file(&mut self, path: &Path, meta: Meta, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+        if !self.options.read_content {
+            emit(Event::File(meta))?;
+            return emit(Event::FileEnd);
+        }
         let mut file = File::open(path).map_err(|e| SourceError::io(path.display(), e))?;
         emit(Event::File(meta))?;
         loop {

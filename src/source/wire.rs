@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 
 use std::collections::HashMap;
 
+use super::exclude::Excluded;
 use super::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
 
 const TAG_DIR: u8 = b'D';
@@ -20,6 +21,8 @@ const TAG_REUSED: u8 = b'R';
 /// Before a backup stream, from the engine to the agent: one known file's path and stamp.
 const TAG_STAMP: u8 = b'S';
 const TAG_END: u8 = b'Z';
+/// After the root's end: what the walk left out, by rule.
+const TAG_EXCLUDED: u8 = b'P';
 /// The producer failed; the payload is its message. Nothing after it is read.
 const TAG_ERROR: u8 = b'X';
 
@@ -57,6 +60,17 @@ impl<W: Write> EventWriter<W> {
             Event::DirEnd => self.frame(TAG_DIR_END, &[]),
             Event::FileEnd => self.frame(TAG_FILE_END, &[]),
             Event::End => self.frame(TAG_END, &[]),
+            Event::Excluded(list) => {
+                let mut buf = Vec::new();
+                buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+                for e in list {
+                    put_bytes(&mut buf, e.rule.as_bytes());
+                    put_bytes(&mut buf, e.origin.as_bytes());
+                    buf.extend_from_slice(&e.entries.to_le_bytes());
+                    buf.extend_from_slice(&e.bytes.to_le_bytes());
+                }
+                self.frame(TAG_EXCLUDED, &buf)
+            }
         }
     }
 
@@ -171,6 +185,17 @@ fn decode_meta(payload: &[u8]) -> Result<Meta, SourceError> {
     Ok(Meta { name, kind, mode, uid, gid, mtime_ns, size, rdev, target, xattrs, ctime_ns, ino })
 }
 
+fn decode_excluded(payload: &[u8]) -> Result<Vec<Excluded>, SourceError> {
+    let mut c = Cursor(payload);
+    let count = c.u32()?;
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| SourceError::Malformed("a rule that is not UTF-8".into()));
+    // Each entry takes at least 24 bytes: a count beyond what the payload holds is a lie.
+    if count as usize > payload.len() / 24 {
+        return Err(SourceError::Malformed(format!("{count} exclusion counts in a frame of {} bytes", payload.len())));
+    }
+    (0..count).map(|_| Ok(Excluded { rule: text(c.bytes()?)?, origin: text(c.bytes()?)?, entries: c.u64()?, bytes: c.u64()? })).collect()
+}
+
 pub struct EventReader<R: Read> {
     input: R,
 }
@@ -224,6 +249,7 @@ impl<R: Read + Send> EventSource for EventReader<R> {
             TAG_DIR_END => Event::DirEnd,
             TAG_FILE_END => Event::FileEnd,
             TAG_END => Event::End,
+            TAG_EXCLUDED => Event::Excluded(decode_excluded(&payload)?),
             TAG_ERROR => return Err(SourceError::Agent(String::from_utf8_lossy(&payload).into_owned())),
             other => return Err(SourceError::Malformed(format!("unknown frame tag {other:#04x}"))),
         })
@@ -258,6 +284,7 @@ mod tests {
             Event::Reused(meta.clone()),
             Event::Leaf(Meta { kind: EntryKind::Symlink, target: b"../x".to_vec(), ..meta }),
             Event::DirEnd,
+            Event::Excluded(vec![Excluded { rule: "*.tmp".into(), origin: "configuration".into(), entries: 3, bytes: 7 }]),
             Event::End,
         ];
         let mut w = EventWriter::new(Vec::new());
