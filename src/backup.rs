@@ -342,7 +342,7 @@ fn read_mount<T>(
     if !reading.read_content {
         args.push("--dry-run".into());
     }
-    let spec = HelperSpec { auto_remove: false, mounts: vec![source], binds: vec![], args, purpose: format!("backup of {shown}") };
+    let spec = HelperSpec { auto_remove: true, mounts: vec![source], binds: vec![], args, purpose: format!("backup of {shown}") };
     let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
     let (reader, writer) = (io.reader, io.writer);
     let result = std::thread::scope(|scope| {
@@ -351,8 +351,10 @@ fn read_mount<T>(
         consume(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)))
     });
     match result {
+        // The tree ended with its end marker (an agent that fails says so in the stream instead): the
+        // helper is done, and the engine removes it as it exits.
         Ok(consumed) => {
-            handle.block_on(helper.finish())?;
+            helper.release();
             Ok(consumed)
         }
         Err(e) => {

@@ -120,7 +120,7 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
     ok(stackvault(&config).arg("backup"));
     assert_eq!(snapshot_count(&repo), 1);
-    assert!(helpers_left(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
+    assert!(helpers_remaining(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
     ok(stackvault(config).args(["verify", "--read-data"]));
     scene.cleanup();
 }
