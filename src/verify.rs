@@ -1,13 +1,15 @@
-//! The verify command: checks that everything each snapshot references is stored, with the right size;
-//! with `read_data`, that every referenced pack still hashes to its name and, where it can be decrypted,
-//! that every blob in it decompresses to its id. Problems are attributed to every snapshot they break.
+//! The verify command: checks that everything each snapshot references is stored, with the right size,
+//! and (where trees can be read) that each snapshot follows every rule a restore enforces, so that a
+//! snapshot that verifies is one that restores; with `read_data`, that every referenced pack still
+//! hashes to its name and, where it can be decrypted, that every blob in it decompresses to its id and
+//! length. Problems are attributed to every snapshot they break.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::repo::crypt::Identities;
-use crate::repo::format::Tree;
 use crate::repo::pack::{check_pack, BlobReader};
-use crate::repo::{BlobKind, Id, RepoError, Repository, Snapshot};
+use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
+use crate::repo::{Id, RepoError, Repository, Snapshot};
 use crate::storage::ObjectKind;
 
 #[derive(Debug, Default)]
@@ -73,7 +75,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
         }
     }
 
-    // Reachability: every tree and data blob below each source root is indexed and lies in a listed pack.
+    // Every rule a restore enforces, walked as a restore walks: every tree and data blob below each
+    // source root is indexed and lies in a listed pack, and the counts match the manifest.
     let mut reader = match (&repo.config.encryption, identities) {
         (Some(_), None) => None,
         _ => Some(BlobReader::new(repo, &index, identities)?),
@@ -85,38 +88,30 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     for (id, snapshot) in &snapshots {
         let mut problems: Vec<String> = snapshot.packs.iter().filter_map(|p| pack_problems.get(p).cloned()).collect();
         let listed: HashSet<Id> = snapshot.packs.iter().copied().collect();
-        let mut pending: Vec<Id> = snapshot.sources.iter().filter_map(|s| s.root.subtree).collect();
-        let mut seen = HashSet::new();
-        while let Some(tree_id) = pending.pop() {
-            if !seen.insert(tree_id) {
-                continue;
-            }
-            let Some(location) = index.get(&tree_id) else {
-                problems.push(format!("tree {tree_id}: in no index"));
-                continue;
-            };
-            if location.kind != BlobKind::Tree || !listed.contains(&index.pack_of(location).0) {
-                problems.push(format!("tree {tree_id}: its pack is not listed by the snapshot"));
-            }
-            let Some(reader) = reader.as_mut() else { continue };
-            let tree: Tree = match reader.read(&tree_id).map(|b| serde_json::from_slice(&b)) {
-                Ok(Ok(tree)) => tree,
-                Ok(Err(e)) => {
-                    problems.push(format!("tree {tree_id}: {e}"));
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(e.to_string());
-                    continue;
-                }
-            };
-            for node in tree.nodes {
-                pending.extend(node.subtree);
-                for blob in node.content {
-                    match index.get(&blob) {
-                        None => problems.push(format!("data blob {blob}: in no index")),
-                        Some(l) if !listed.contains(&index.pack_of(l).0) => problems.push(format!("data blob {blob}: its pack is not listed by the snapshot")),
-                        Some(_) => {}
+        let unlisted = |what: &str, blob: &Id| {
+            let location = index.get(blob)?;
+            (!listed.contains(&index.pack_of(location).0)).then(|| format!("{what} {blob}: its pack is not listed by the snapshot"))
+        };
+        match check_snapshot(snapshot, &index, &repo.config) {
+            Err(detail) => problems.push(RepoError::invalid(id, detail).to_string()),
+            Ok(()) => {
+                for source in &snapshot.sources {
+                    let Some(reader) = reader.as_mut() else {
+                        problems.extend(source.root.subtree.and_then(|tree| unlisted("tree", &tree)));
+                        continue;
+                    };
+                    let mut walk = SnapshotWalk::new(reader, *id, source);
+                    loop {
+                        match walk.next() {
+                            Ok(Step::Enter(dir)) => problems.extend(dir.subtree.and_then(|tree| unlisted("tree", &tree))),
+                            Ok(Step::File(file)) => problems.extend(file.content.iter().filter_map(|blob| unlisted("data blob", blob))),
+                            Ok(Step::Leave | Step::Leaf(_)) => {}
+                            Ok(Step::End) => break,
+                            Err(e) => {
+                                problems.push(e.to_string());
+                                break;
+                            }
+                        }
                     }
                 }
             }

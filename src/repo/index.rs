@@ -27,7 +27,7 @@ impl Index {
     pub fn load(storage: &dyn Storage) -> Result<Self, RepoError> {
         let mut index = Index::default();
         for info in storage.list(ObjectKind::Index)? {
-            let bytes = storage.get(&info.key)?;
+            let bytes = super::read_bounded(storage, &info.key, super::MAX_INDEX_OBJECT)?;
             let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
             if pack_index.pack.hex() != info.key.name {
                 return Err(RepoError::corrupt(info.key.path(), format!("it describes pack {}", pack_index.pack)));

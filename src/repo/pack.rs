@@ -32,6 +32,10 @@ fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
     *header.as_bytes()
 }
 
+/// A writer closes a pack at this many blobs, whatever their size, so that its index object stays far
+/// below `MAX_INDEX_OBJECT` (about 190 bytes of JSON per blob).
+pub const MAX_PACK_BLOBS: usize = 100_000;
+
 fn padding(len: u64) -> usize {
     (TAR_BLOCK - (len as usize % TAR_BLOCK)) % TAR_BLOCK
 }
@@ -297,7 +301,7 @@ fn fill_packs(
         pack.plain_offset += frame.compressed.len() as u64;
         outputs.give(frame.compressed);
         // The plaintext length is within an age overhead of 0.03 % of the stored size: close enough.
-        if pack.plain_offset >= pack_size {
+        if pack.plain_offset >= pack_size || pack.blobs.len() >= MAX_PACK_BLOBS {
             hand_over(open.take().unwrap())?;
         }
     }
@@ -406,10 +410,19 @@ impl<'a> BlobReader<'a> {
         Ok(BlobReader { repo, index, identities, open: Vec::new(), decompressor: zstd::bulk::Decompressor::new().expect("zstd"), frame: Vec::new() })
     }
 
+    pub fn index(&self) -> &'a Index {
+        self.index
+    }
+
+    pub fn config(&self) -> &'a super::RepoConfig {
+        &self.repo.config
+    }
+
     pub fn read(&mut self, id: &Id) -> Result<Vec<u8>, RepoError> {
         let location = *self.index.get(id).ok_or_else(|| RepoError::Missing(format!("blob {id} (in no index)")))?;
         let (pack_id, _) = self.index.pack_of(&location);
         let what = format!("pack {pack_id}");
+        check_bounds(&self.repo.config, id, &location).map_err(|detail| RepoError::corrupt(&what, detail))?;
         let mut frame = std::mem::take(&mut self.frame);
         frame.resize(location.length as usize, 0);
         let read = self.stream(pack_id)?.read_at(location.offset, &mut frame);
@@ -443,6 +456,27 @@ fn open_pack_stream(repo: &Repository, identities: Option<&Identities>, pack_id:
         (Some(_), Some(ids)) => PackStream::Sealed(crypt::decrypting_reader(ids, &repo.config, raw, &format!("pack {pack_id}"))?),
         (Some(_), None) => return Err(RepoError::IdentityRequired),
     })
+}
+
+/// The index is as untrusted as the rest: its lengths are checked against the format's limits before
+/// they size a buffer, and decompression never produces more than the entry they announce.
+fn check_bounds(config: &super::RepoConfig, id: &Id, location: &Location) -> Result<(), String> {
+    let limit = match location.kind {
+        BlobKind::Data => config.chunker.max_size as u64,
+        BlobKind::Tree => super::tree::MAX_TREE_SIZE,
+    };
+    if location.plain_length > limit {
+        return Err(format!(
+            "blob {id}: the index says it holds {} bytes; a {} blob holds at most {limit} (docs/FORMAT.md, \"Limits\")",
+            location.plain_length,
+            location.kind.as_str()
+        ));
+    }
+    let frame_limit = zstd::zstd_safe::compress_bound(2 * TAR_BLOCK + location.plain_length as usize) as u64;
+    if location.length > frame_limit {
+        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {} bytes is at most {frame_limit}", location.length, location.plain_length));
+    }
+    Ok(())
 }
 
 /// Decompresses one frame and checks that it is the tar entry of blob `id` with the right content.
@@ -481,6 +515,10 @@ pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index
     let mut blobs: Vec<&(Id, Location)> = pack_index.iter().collect();
     blobs.sort_by_key(|(_, l)| l.offset);
     for (id, location) in blobs {
+        if let Err(detail) = check_bounds(&repo.config, id, location) {
+            problems.push(format!("pack {pack_id}: {detail}"));
+            continue;
+        }
         frame.resize(location.length as usize, 0);
         if let Err(e) = stream.read_at(location.offset, &mut frame) {
             problems.push(format!("pack {pack_id}: blob {id}: {e}"));
