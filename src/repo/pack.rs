@@ -16,10 +16,10 @@ use super::index::{Index, Location};
 use super::{BlobKind, Id, RepoError, Repository, FORMAT_VERSION};
 use crate::storage::{Key, ObjectKind, ObjectReader, ObjectWriter, Storage, StorageError};
 
-const TAR_BLOCK: usize = 512;
+pub const TAR_BLOCK: usize = 512;
 
 /// The ustar header naming a blob `<kind>/<id>` (docs/FORMAT.md, "Packs").
-fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
+pub fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
     let mut header = tar::Header::new_ustar();
     header.set_path(format!("{}/{}", kind.as_str(), id)).expect("a 69-byte ASCII name fits ustar");
     header.set_size(len);
@@ -482,7 +482,9 @@ fn check_bounds(config: &super::RepoConfig, id: &Id, location: &Location) -> Res
 /// Decompresses one frame and checks that it is the tar entry of blob `id` with the right content.
 fn decode_frame(decompressor: &mut zstd::bulk::Decompressor, frame: &[u8], id: &Id, location: &Location) -> Result<Vec<u8>, String> {
     let capacity = TAR_BLOCK + location.plain_length as usize + TAR_BLOCK;
-    let entry = decompressor.decompress(frame, capacity).map_err(|e| format!("blob {id}: zstd: {e}"))?;
+    let entry = decompressor
+        .decompress(frame, capacity)
+        .map_err(|e| format!("blob {id}: decompressing its frame into the {capacity} bytes its index entry allows: {e}"))?;
     let expected = tar_header(id, location.kind, location.plain_length);
     let end = TAR_BLOCK + location.plain_length as usize;
     if entry.len() < end || entry[..TAR_BLOCK] != expected {

@@ -229,7 +229,7 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
 
     pub fn next(&mut self) -> Result<Step, RepoError> {
         if let Some(root) = self.root.take() {
-            let nodes = self.load(&root, "the root")?;
+            let nodes = self.load(&root, "")?;
             self.open.push(Frame { name: Vec::new(), nodes, next: 0 });
             return Ok(Step::Enter(root));
         }
@@ -275,15 +275,16 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
         }
     }
 
-    /// Reads and checks the tree of directory `node` (at `path`).
+    /// Reads and checks the tree of directory `node` (at `path`, empty for the root).
     fn load(&mut self, node: &Node, path: &str) -> Result<Vec<Node>, RepoError> {
-        let id = node.subtree.ok_or_else(|| self.invalid(format!("directory {path} has no tree")))?;
+        let shown = if path.is_empty() { "the root directory".to_string() } else { format!("directory {path}") };
+        let id = node.subtree.ok_or_else(|| self.invalid(format!("{shown} has no tree")))?;
         let tree = match read_tree(self.reader, &id) {
             Ok(tree) => tree,
-            Err(e @ (RepoError::Corrupt { .. } | RepoError::Missing(_))) => return Err(self.invalid(format!("directory {path}: {e}"))),
+            Err(e @ (RepoError::Corrupt { .. } | RepoError::Missing(_))) => return Err(self.invalid(format!("{shown}: {e}"))),
             Err(e) => return Err(e),
         };
-        check_tree(&tree, self.reader.index(), self.max_chunk).map_err(|e| self.invalid(format!("directory {path}: tree {id}: {e}")))?;
+        check_tree(&tree, self.reader.index(), self.max_chunk).map_err(|e| self.invalid(format!("{shown}: tree {id}: {e}")))?;
         Ok(tree.nodes)
     }
 
