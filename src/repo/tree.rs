@@ -177,14 +177,15 @@ struct Frame {
 }
 
 /// Walks one source of a snapshot depth-first, checking every rule on the way and counting entries
-/// and content bytes against what the manifest declares. Memory holds the open directories' listings.
+/// and content bytes against what the manifest declares. Memory holds the open directories' listings,
+/// which together never exceed the declared entries.
 pub struct SnapshotWalk<'r, 'a> {
     reader: &'r mut BlobReader<'a>,
     snapshot: Id,
     source: String,
     declared: (u64, u64),
-    /// Entries and content bytes met so far.
-    seen: (u64, u64),
+    /// Entries and content bytes of the directories read so far (walked, or open to be walked).
+    counted: (u64, u64),
     max_chunk: u64,
     root: Option<Node>,
     open: Vec<Frame>,
@@ -202,7 +203,7 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
             snapshot,
             source: source.label(),
             declared: (source.entries, source.bytes),
-            seen: (0, 0),
+            counted: (0, 0),
             max_chunk,
             root: Some(source.root.clone()),
             open: Vec::new(),
@@ -236,8 +237,8 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
         let Some(frame) = self.open.last_mut() else {
             if !self.ended {
                 self.ended = true;
-                if self.seen != self.declared {
-                    let ((e, b), (de, db)) = (self.seen, self.declared);
+                if self.counted != self.declared {
+                    let ((e, b), (de, db)) = (self.counted, self.declared);
                     return Err(self.invalid(format!("holds {e} entries and {b} bytes, but its manifest declares {de} entries and {db} bytes")));
                 }
             }
@@ -248,14 +249,6 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
             return Ok(Step::Leave);
         };
         frame.next += 1;
-        self.seen = (self.seen.0 + 1, self.seen.1.saturating_add(node.size));
-        if self.seen.0 > self.declared.0 || self.seen.1 > self.declared.1 {
-            let (entries, bytes) = self.declared;
-            return Err(self.invalid(format!(
-                "at {}: holds more than the {entries} entries and {bytes} bytes its manifest declares (a tree shared too often, or a lying manifest); stopped",
-                self.path(&node.name)
-            )));
-        }
         match node.kind {
             EntryKind::Dir => {
                 let path = self.path(&node.name);
@@ -285,6 +278,16 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
             Err(e) => return Err(e),
         };
         check_tree(&tree, self.reader.index(), self.max_chunk).map_err(|e| self.invalid(format!("{shown}: tree {id}: {e}")))?;
+        // Every node of a directory read will be walked: counting them now, not when they are met,
+        // bounds what the open directories hold in memory by the declared count too.
+        let bytes = tree.nodes.iter().fold(0u64, |sum, node| sum.saturating_add(node.size));
+        self.counted = (self.counted.0 + tree.nodes.len() as u64, self.counted.1.saturating_add(bytes));
+        let (entries, bytes) = self.declared;
+        if self.counted.0 > entries || self.counted.1 > bytes {
+            return Err(self.invalid(format!(
+                "at {shown}: holds more than the {entries} entries and {bytes} bytes its manifest declares (a tree shared too often, or a lying manifest); stopped"
+            )));
+        }
         Ok(tree.nodes)
     }
 
