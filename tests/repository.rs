@@ -1,6 +1,7 @@
 //! What the repository promises on its own: encryption that hides content and names and tells a wrong
-//! identity apart, damage that `verify --read-data` finds and attributes, and a crafted repository
-//! that cannot make restore write outside its destination.
+//! identity apart, damage that `verify --read-data` finds and attributes, a crafted repository that
+//! cannot make restore write outside its destination, and a format that a reader written from
+//! docs/FORMAT.md alone (tests/reader.py) restores exactly.
 
 mod common;
 
@@ -51,6 +52,26 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
     ok(stackvault(config).args(["verify", "--read-data", "--identity"]).arg(&identity));
     scene.cleanup();
     std::fs::remove_dir_all(&keys).unwrap();
+}
+
+#[test]
+fn a_reader_written_from_the_specification_alone_restores_a_backup_exactly() {
+    let work = scratch("spec");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_fixture(&data, 3, 300);
+    manifest(&data, &work.join("before.json"));
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("stack: spec\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    let dest = work.join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let read = python("reader.py", &[&repo, &dest]);
+    assert!(read.status.success(), "reader.py: {}", text(&read.stderr));
+    manifest(&dest.join("0"), &work.join("after.json"));
+    assert_same(&work.join("before.json"), &work.join("after.json"));
+    std::fs::remove_dir_all(&work).unwrap();
 }
 
 fn flip_byte(path: &Path, at: u64) {
