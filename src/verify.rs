@@ -17,6 +17,8 @@ pub struct VerifyReport {
     pub snapshots: Vec<(Id, Snapshot)>,
     /// Problems per snapshot; a snapshot absent here is intact.
     pub broken: BTreeMap<Id, Vec<String>>,
+    /// Objects under `snapshots/` that are no snapshot, with why.
+    pub unreadable: Vec<String>,
     pub packs_read: usize,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
     pub walked_trees: bool,
@@ -25,16 +27,16 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.broken.is_empty()
+        self.broken.is_empty() && self.unreadable.is_empty()
     }
 }
 
 pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: bool) -> Result<VerifyReport, RepoError> {
     let index = repo.load_index()?;
-    let snapshots = repo.snapshots()?;
+    let (snapshots, unreadable) = repo.snapshots()?;
     let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
     let known_sizes: HashMap<Id, u64> = index.packs.iter().copied().collect();
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport { unreadable: unreadable.iter().map(|e| e.to_string()).collect(), ..VerifyReport::default() };
 
     // Presence and size of every pack each snapshot lists.
     let mut pack_problems: HashMap<Id, String> = HashMap::new();

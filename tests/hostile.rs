@@ -269,3 +269,29 @@ fn hostile_config_values_and_index_lengths_are_errors_not_crashes() {
     assert_broken(&run(stackvault(&config).args(["verify", "--read-data"])), "a frame length of 1 TiB", &["1099511627776"]);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[test]
+fn objects_added_under_snapshots_do_not_hide_the_genuine_snapshot() {
+    let work = scratch("junk");
+    let mut craft = Craft::new(&work);
+    let blob = craft.data(b"genuine");
+    let root = craft.tree(vec![file_node(b"f", vec![blob], 7)]);
+    let repo = craft.dir.clone();
+    let genuine = craft.finish(root, 1, 7);
+    let junk = [("not-an-id", &b"{}"[..]), (&"0".repeat(64)[..], b"{\"version\": 1}"), (&Id::of(b"[1,2").hex()[..], b"[1,2")];
+    for (name, bytes) in junk {
+        std::fs::write(repo.join("snapshots").join(name), bytes).unwrap();
+    }
+    let config = config_for(&work, &repo);
+    let listed = run(stackvault(&config).arg("snapshots"));
+    assert!(listed.status.success() && text(&listed.stdout).contains(&genuine[..12]), "{}", text(&listed.stderr));
+    assert_eq!(text(&listed.stderr).matches("warning:").count(), 3, "{}", text(&listed.stderr));
+    let dest = work.join("dest");
+    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
+    assert_eq!(std::fs::read(dest.join("path/crafted/f")).unwrap(), b"genuine");
+    let verified = run(stackvault(&config).arg("verify"));
+    let stdout = text(&verified.stdout);
+    assert!(!verified.status.success() && stdout.contains(&format!("snapshot {genuine}: ok")), "{stdout}");
+    assert_eq!(stdout.matches("unreadable: ").count(), 3, "{stdout}");
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -175,32 +175,45 @@ impl Repository {
         Index::load(self.storage.as_ref())
     }
 
-    /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        let mut all = Vec::new();
+    /// Every snapshot, oldest first, and apart the objects under `snapshots/` that are not one (a name
+    /// that is not an id, bytes that do not hash to it, JSON that does not parse), each with why: an
+    /// object anyone could add must not make the others unreadable.
+    pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<RepoError>), RepoError> {
+        let (mut all, mut unreadable) = (Vec::new(), Vec::new());
         for info in self.storage.list(ObjectKind::Snapshot)? {
-            let id: Id = info.key.name.parse().map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            let bytes = read_bounded(self.storage.as_ref(), &info.key, MAX_SNAPSHOT_OBJECT)?;
-            if Id::of(&bytes) != id {
-                return Err(RepoError::corrupt(info.key.path(), "its content does not match its name"));
+            match self.load_snapshot(&info.key) {
+                Ok(found) => all.push(found),
+                Err(e) => unreadable.push(e),
             }
-            let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            all.push((id, snapshot));
         }
         all.sort_by(|a, b| (a.1.time.as_str(), a.0).cmp(&(b.1.time.as_str(), b.0)));
-        Ok(all)
+        Ok((all, unreadable))
+    }
+
+    fn load_snapshot(&self, key: &Key) -> Result<(Id, Snapshot), RepoError> {
+        let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
+        let bytes = read_bounded(self.storage.as_ref(), key, MAX_SNAPSHOT_OBJECT)?;
+        if Id::of(&bytes) != id {
+            return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
+        }
+        let snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        Ok((id, snapshot))
     }
 
     /// Finds a snapshot by `latest` or by a unique prefix of its id.
     pub fn find_snapshot(&self, wanted: &str) -> Result<(Id, Snapshot), RepoError> {
-        let mut all = self.snapshots()?;
+        let (mut all, _) = self.snapshots()?;
         if wanted == "latest" {
             return all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()));
         }
         let mut matching: Vec<_> = all.into_iter().filter(|(id, _)| id.hex().starts_with(wanted)).collect();
         match matching.len() {
             1 => Ok(matching.pop().unwrap()),
-            0 => Err(RepoError::Missing(format!("snapshot {wanted}"))),
+            // Why a snapshot asked for by its id cannot be read says more than its absence.
+            0 => match self.storage.list(ObjectKind::Snapshot)?.into_iter().find(|o| o.key.name.starts_with(wanted)) {
+                Some(object) => Err(self.load_snapshot(&object.key).err().unwrap_or_else(|| RepoError::Missing(format!("snapshot {wanted}")))),
+                None => Err(RepoError::Missing(format!("snapshot {wanted}"))),
+            },
             n => Err(RepoError::Missing(format!("a unique snapshot for {wanted:?} ({n} match; give more digits)"))),
         }
     }
