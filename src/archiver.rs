@@ -89,9 +89,8 @@ impl<'a> Archiver<'a> {
                     if tree.len() as u64 > MAX_TREE_SIZE {
                         let shown = if open.is_empty() { "the root".into() } else { format!("directory {}", String::from_utf8_lossy(&dir_path)) };
                         return Err(SourceError::Refused(format!(
-                            "{shown}: its {entries} entries need a tree of {} MiB, more than the {} MiB a tree may hold (docs/FORMAT.md, \"Limits\"); split it into subdirectories or exclude it",
-                            tree.len() >> 20,
-                            MAX_TREE_SIZE >> 20
+                            "{shown}: its {entries} entries need a tree of {} bytes, more than the {MAX_TREE_SIZE} a tree may hold (docs/FORMAT.md, \"Limits\"); split it into subdirectories or exclude it",
+                            tree.len()
                         ))
                         .into());
                     }

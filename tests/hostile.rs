@@ -295,3 +295,36 @@ fn objects_added_under_snapshots_do_not_hide_the_genuine_snapshot() {
     assert_eq!(stdout.matches("unreadable: ").count(), 3, "{stdout}");
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// What a reader refuses, a backup must not write: it fails naming the directory instead.
+#[test]
+fn a_backup_refuses_a_directory_no_reader_would_accept_and_names_it() {
+    let work = scratch("limits");
+    let wide = work.join("wide");
+    let listing = wide.join("listing");
+    std::fs::create_dir_all(&listing).unwrap();
+    // 8,400 files with a 4,000-byte xattr each (all an ext4 inode holds): 67 MB of tree JSON.
+    let value = vec![0xa5u8; 4000];
+    for i in 0..8400 {
+        let path = listing.join(format!("f{i:05}"));
+        std::fs::File::create(&path).unwrap();
+        xattr::set(&path, "user.pad", &value).unwrap();
+    }
+    let deep = work.join("deep");
+    let mut path = deep.clone();
+    for _ in 0..1025 {
+        path.push("d");
+    }
+    std::fs::create_dir_all(&path).unwrap();
+    for (data, needle) in [(&wide, "directory listing: its 8400 entries need a tree of"), (&deep, "nested deeper than 1024 levels")] {
+        let repo = work.join("repo");
+        let config = write_config(&work, &format!("stack: limits\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+        ok(stackvault(&config).arg("init"));
+        let out = run(stackvault(&config).arg("backup"));
+        assert_refused(&out, needle, &[&data.display().to_string(), needle]);
+        let snapshots = repo.join("snapshots");
+        assert!(!snapshots.exists() || files(&snapshots).is_empty(), "{needle}: a snapshot was written");
+        std::fs::remove_dir_all(&repo).unwrap();
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+}
