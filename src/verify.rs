@@ -90,9 +90,11 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     for (id, snapshot) in &snapshots {
         let mut problems: Vec<String> = snapshot.packs.iter().filter_map(|p| pack_problems.get(p).cloned()).collect();
         let listed: HashSet<Id> = snapshot.packs.iter().copied().collect();
+        // A blob stored more than once needs one copy in a listed pack (FORMAT.md, "Snapshot manifests").
         let unlisted = |what: &str, blob: &Id| {
-            let location = index.get(blob)?;
-            (!listed.contains(&index.pack_of(location).0)).then(|| format!("{what} {blob}: its pack is not listed by the snapshot"))
+            let mut packs = index.locations(blob).map(|l| index.pack_of(l).0).peekable();
+            packs.peek()?;
+            (!packs.any(|p| listed.contains(&p))).then(|| format!("{what} {blob}: no pack the snapshot lists holds it"))
         };
         match check_snapshot(snapshot, &index, &repo.config) {
             Err(detail) => problems.push(RepoError::invalid(id, detail).to_string()),

@@ -328,3 +328,28 @@ fn a_backup_refuses_a_directory_no_reader_would_accept_and_names_it() {
     }
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[test]
+fn an_index_object_pointing_blobs_at_a_bogus_pack_does_not_stop_restore() {
+    let work = scratch("bogus");
+    let mut craft = Craft::new(&work);
+    let blob = craft.data(b"genuine");
+    let root = craft.tree(vec![file_node(b"f", vec![blob], 7)]);
+    let repo = craft.dir.clone();
+    craft.finish(root, 1, 7);
+    // The same blobs, said to lie in a pack that sorts first and does not exist.
+    let genuine = files(&repo.join("index")).pop().unwrap();
+    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&genuine).unwrap()).unwrap();
+    let bogus = "0".repeat(64);
+    forged["pack"] = bogus.clone().into();
+    for entry in forged["blobs"].as_array_mut().unwrap() {
+        entry["offset"] = 12345.into();
+    }
+    std::fs::write(repo.join("index").join(&bogus), serde_json::to_vec(&forged).unwrap()).unwrap();
+    let config = config_for(&work, &repo);
+    let dest = work.join("dest");
+    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
+    assert_eq!(std::fs::read(dest.join("path/crafted/f")).unwrap(), b"genuine");
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -19,6 +19,9 @@ pub struct Location {
 #[derive(Default)]
 pub struct Index {
     blobs: HashMap<Id, Location>,
+    /// Further copies of blobs stored more than once (two runs stored them concurrently, or someone
+    /// added an index object): a copy that cannot be read is not the end of the blob.
+    copies: HashMap<Id, Vec<Location>>,
     /// Pack id and stored size.
     pub packs: Vec<(Id, u64)>,
 }
@@ -42,13 +45,23 @@ impl Index {
         self.packs.push((pack_index.pack, pack_index.size));
         for blob in &pack_index.blobs {
             let location = Location { pack, kind: blob.kind, offset: blob.offset, length: blob.length, plain_length: blob.plain_length };
-            // A blob stored twice (two concurrent backups) is readable from either copy.
-            self.blobs.entry(blob.id).or_insert(location);
+            match self.blobs.entry(blob.id) {
+                std::collections::hash_map::Entry::Vacant(first) => {
+                    first.insert(location);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => self.copies.entry(blob.id).or_default().push(location),
+            }
         }
     }
 
+    /// The first copy of a blob, in the order index objects are listed (by pack id).
     pub fn get(&self, id: &Id) -> Option<&Location> {
         self.blobs.get(id)
+    }
+
+    /// Every copy of a blob, the first first.
+    pub fn locations(&self, id: &Id) -> impl Iterator<Item = &Location> {
+        self.blobs.get(id).into_iter().chain(self.copies.get(id).into_iter().flatten())
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -64,6 +77,11 @@ impl Index {
         let mut by_pack = vec![Vec::new(); self.packs.len()];
         for (id, location) in &self.blobs {
             by_pack[location.pack as usize].push((*id, *location));
+        }
+        for (id, locations) in &self.copies {
+            for location in locations {
+                by_pack[location.pack as usize].push((*id, *location));
+            }
         }
         by_pack
     }

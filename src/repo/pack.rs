@@ -418,16 +418,31 @@ impl<'a> BlobReader<'a> {
         &self.repo.config
     }
 
+    /// Reads a blob from the first of its copies that reads back whole (a copy's pack may be missing,
+    /// damaged, or an attacker's); the first copy's error when none does.
     pub fn read(&mut self, id: &Id) -> Result<Vec<u8>, RepoError> {
-        let location = *self.index.get(id).ok_or_else(|| RepoError::Missing(format!("blob {id} (in no index)")))?;
-        let (pack_id, _) = self.index.pack_of(&location);
+        let index = self.index;
+        let mut first_error = None;
+        for location in index.locations(id) {
+            match self.read_at(id, location) {
+                Ok(data) => return Ok(data),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| RepoError::Missing(format!("blob {id} (in no index)"))))
+    }
+
+    fn read_at(&mut self, id: &Id, location: &Location) -> Result<Vec<u8>, RepoError> {
+        let (pack_id, _) = self.index.pack_of(location);
         let what = format!("pack {pack_id}");
-        check_bounds(&self.repo.config, id, &location).map_err(|detail| RepoError::corrupt(&what, detail))?;
+        check_bounds(&self.repo.config, id, location).map_err(|detail| RepoError::corrupt(&what, detail))?;
         let mut frame = std::mem::take(&mut self.frame);
         frame.resize(location.length as usize, 0);
         let read = self.stream(pack_id)?.read_at(location.offset, &mut frame);
         let decoded = match read {
-            Ok(()) => decode_frame(&mut self.decompressor, &frame, id, &location).map_err(|detail| RepoError::corrupt(&what, detail)),
+            Ok(()) => decode_frame(&mut self.decompressor, &frame, id, location).map_err(|detail| RepoError::corrupt(&what, detail)),
             Err(e) => Err(RepoError::corrupt(&what, format!("reading blob {id}: {e}"))),
         };
         self.frame = frame;
