@@ -397,7 +397,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             match x % 23 {
-                0 => out.extend(std::iter::repeat(0u8).take((x >> 8) as usize % 9000)),
+                0 => out.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % 9000)),
                 1 => out.extend(b"INSERT INTO t VALUES (1,'x');".iter().cycle().take((x >> 8) as usize % 3000)),
                 _ => out.extend_from_slice(&x.to_le_bytes()),
             }

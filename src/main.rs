@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots { json } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
-            let (snapshots, unreadable) = repo.snapshots()?;
+            let stackvault::repo::Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
             for e in &unreadable {
                 eprintln!("warning: {e}");
             }

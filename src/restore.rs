@@ -213,7 +213,7 @@ impl<'r, 'a> TreeReplay<'r, 'a> {
         if self.file.is_some() {
             return self.content();
         }
-        Ok(match self.walk.next()? {
+        Ok(match self.walk.step()? {
             Step::Enter(node) => Event::Dir(meta_of(&node)),
             Step::Leave => Event::DirEnd,
             Step::File(node) => {

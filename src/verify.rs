@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::repo::crypt::Identities;
 use crate::repo::pack::{check_pack, BlobReader};
 use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
-use crate::repo::{Id, RepoError, Repository, Snapshot};
+use crate::repo::{Id, RepoError, Repository, Snapshot, Snapshots};
 use crate::storage::ObjectKind;
 
 #[derive(Debug, Default)]
@@ -33,7 +33,7 @@ impl VerifyReport {
 
 pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: bool) -> Result<VerifyReport, RepoError> {
     let index = repo.load_index()?;
-    let (snapshots, unreadable) = repo.snapshots()?;
+    let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
     let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
     let known_sizes: HashMap<Id, u64> = index.packs.iter().copied().collect();
     let mut report = VerifyReport { unreadable: unreadable.iter().map(|e| e.to_string()).collect(), ..VerifyReport::default() };
@@ -106,7 +106,7 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
                     };
                     let mut walk = SnapshotWalk::new(reader, *id, source);
                     loop {
-                        match walk.next() {
+                        match walk.step() {
                             Ok(Step::Enter(dir)) => problems.extend(dir.subtree.and_then(|tree| unlisted("tree", &tree))),
                             Ok(Step::File(file)) => problems.extend(file.content.iter().filter_map(|blob| unlisted("data blob", blob))),
                             Ok(Step::Leave | Step::Leaf(_)) => {}

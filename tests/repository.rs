@@ -39,10 +39,10 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
         }
     }
 
-    let wrong = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")).arg("--identity").arg(&stranger));
+    let wrong = run(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("w")).arg("--identity").arg(&stranger));
     assert!(!wrong.status.success());
     assert!(text(&wrong.stderr).contains("identity does not match any recipient"), "{}", text(&wrong.stderr));
-    let missing = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")));
+    let missing = run(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("w")));
     assert!(text(&missing.stderr).contains("--identity"), "{}", text(&missing.stderr));
 
     scene.destroy();

@@ -142,6 +142,12 @@ impl BlobKind {
     }
 }
 
+/// A repository's snapshots, oldest first, and apart the objects under `snapshots/` that are none.
+pub struct Snapshots {
+    pub valid: Vec<(Id, Snapshot)>,
+    pub unreadable: Vec<RepoError>,
+}
+
 pub struct Repository {
     pub storage: Arc<dyn Storage>,
     pub config: RepoConfig,
@@ -178,7 +184,7 @@ impl Repository {
     /// Every snapshot, oldest first, and apart the objects under `snapshots/` that are not one (a name
     /// that is not an id, bytes that do not hash to it, JSON that does not parse), each with why: an
     /// object anyone could add must not make the others unreadable.
-    pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<RepoError>), RepoError> {
+    pub fn snapshots(&self) -> Result<Snapshots, RepoError> {
         let (mut all, mut unreadable) = (Vec::new(), Vec::new());
         for info in self.storage.list(ObjectKind::Snapshot)? {
             match self.load_snapshot(&info.key) {
@@ -187,7 +193,7 @@ impl Repository {
             }
         }
         all.sort_by(|a, b| (a.1.time.as_str(), a.0).cmp(&(b.1.time.as_str(), b.0)));
-        Ok((all, unreadable))
+        Ok(Snapshots { valid: all, unreadable })
     }
 
     fn load_snapshot(&self, key: &Key) -> Result<(Id, Snapshot), RepoError> {
@@ -202,7 +208,7 @@ impl Repository {
 
     /// Finds a snapshot by `latest` or by a unique prefix of its id.
     pub fn find_snapshot(&self, wanted: &str) -> Result<(Id, Snapshot), RepoError> {
-        let (mut all, _) = self.snapshots()?;
+        let mut all = self.snapshots()?.valid;
         if wanted == "latest" {
             return all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()));
         }

@@ -201,7 +201,7 @@ impl Packer {
         let sent = self.jobs.as_ref().expect("not finished").send(Job { id, kind, entry });
         if sent.is_err() {
             // The writer stopped early; its error is the one to report.
-            return Err(self.join().err().unwrap_or_else(|| RepoError::Stopped("pack writer")));
+            return Err(self.join().err().unwrap_or(RepoError::Stopped("pack writer")));
         }
         Ok(())
     }

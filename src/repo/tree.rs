@@ -69,7 +69,7 @@ fn check_node(node: &Node, index: &Index, max_chunk: u64) -> Result<(), String> 
         return Err("only a device has rdev".into());
     }
     let linked = matches!(kind, Symlink | Hardlink);
-    if linked != !node.target.is_empty() {
+    if linked == node.target.is_empty() {
         return Err("a symlink or hardlink must have a target, and nothing else may".into());
     }
     if node.target.len() > MAX_TARGET || node.target.contains(&0) {
@@ -228,7 +228,7 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
         RepoError::invalid(&self.snapshot, format!("{}: {detail}", self.source))
     }
 
-    pub fn next(&mut self) -> Result<Step, RepoError> {
+    pub fn step(&mut self) -> Result<Step, RepoError> {
         if let Some(root) = self.root.take() {
             let nodes = self.load(&root, "")?;
             self.open.push(Frame { name: Vec::new(), nodes, next: 0 });
