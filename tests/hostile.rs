@@ -353,3 +353,18 @@ fn an_index_object_pointing_blobs_at_a_bogus_pack_does_not_stop_restore() {
     ok(stackvault(&config).args(["verify", "--read-data"]));
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// A bind-mounted single file is a source whose root is a file node: the same rules hold for it.
+#[test]
+fn a_single_file_source_verifies_and_its_size_is_checked() {
+    for (size, clean) in [(7, true), (8, false)] {
+        let work = scratch("single");
+        let mut craft = Craft::new(&work);
+        let blob = craft.data(b"genuine");
+        let repo = craft.dir.clone();
+        craft.finish_with_root(file_node(b"", vec![blob], size), 0, size);
+        let verified = run(stackvault(&config_for(&work, &repo)).args(["verify", "--read-data"]));
+        assert_eq!(verified.status.success(), clean, "size {size}:\n{}", text(&verified.stdout));
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+}

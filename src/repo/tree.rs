@@ -127,8 +127,8 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
     }
     for (i, source) in snapshot.sources.iter().enumerate() {
         let root = &source.root;
-        if root.kind != EntryKind::Dir || !root.name.is_empty() {
-            return Err(format!("{}: its root must be a directory with an empty name", source.label()));
+        if !matches!(root.kind, EntryKind::Dir | EntryKind::File) || !root.name.is_empty() {
+            return Err(format!("{}: its root must be a directory or a file, with an empty name", source.label()));
         }
         check_node(root, index, config.chunker.max_size as u64).map_err(|e| format!("{}: root: {e}", source.label()))?;
         if snapshot.sources[..i].iter().any(|s| s.kind == source.kind && s.name == source.name) {
@@ -230,6 +230,11 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
 
     pub fn step(&mut self) -> Result<Step, RepoError> {
         if let Some(root) = self.root.take() {
+            if root.kind == EntryKind::File {
+                // A bind-mounted single file: the root is the file, with nothing below it.
+                self.counted = (0, root.size);
+                return Ok(Step::File(root));
+            }
             let nodes = self.load(&root, "")?;
             self.open.push(Frame { name: Vec::new(), nodes, next: 0 });
             return Ok(Step::Enter(root));

@@ -102,11 +102,16 @@ impl Craft {
     /// Stores what was added and a snapshot whose one source, `path /crafted`, has `root_tree` as its
     /// root's tree and declares `entries` and `bytes`. Returns the snapshot's id.
     pub fn finish(self, root_tree: Id, entries: u64, bytes: u64) -> String {
+        self.finish_with_root(dir_node(b"", root_tree), entries, bytes)
+    }
+
+    /// As `finish`, with any root node.
+    pub fn finish_with_root(self, root: Node, entries: u64, bytes: u64) -> String {
         let report = self.packer.finish().unwrap();
         let source = SourceRecord {
             kind: SourceKind::Path,
             name: "/crafted".into(),
-            root: dir_node(b"", root_tree),
+            root,
             mounted_by: vec![],
             volume_driver: None,
             volume_labels: Default::default(),
