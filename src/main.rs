@@ -219,7 +219,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     failures.push(format!("{} broken snapshot(s): {}", broken.len(), broken.join(", ")));
                 }
                 if !report.unreadable.is_empty() {
-                    failures.push(format!("{} object(s) under snapshots/ that are no snapshot", report.unreadable.len()));
+                    failures.push(format!("{} unreadable snapshot or index object(s)", report.unreadable.len()));
                 }
                 eprintln!("error: {}", failures.join("; "));
                 return Ok(ExitCode::FAILURE);

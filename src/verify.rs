@@ -17,7 +17,7 @@ pub struct VerifyReport {
     pub snapshots: Vec<(Id, Snapshot)>,
     /// Problems per snapshot; a snapshot absent here is intact.
     pub broken: BTreeMap<Id, Vec<String>>,
-    /// Objects under `snapshots/` that are no snapshot, with why.
+    /// Objects under `snapshots/` or `index/` that cannot be used, with why.
     pub unreadable: Vec<String>,
     pub packs_read: usize,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
@@ -36,7 +36,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
     let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
     let known_sizes: HashMap<Id, u64> = index.packs.iter().copied().collect();
-    let mut report = VerifyReport { unreadable: unreadable.iter().map(|e| e.to_string()).collect(), ..VerifyReport::default() };
+    let unreadable = unreadable.iter().chain(&index.unreadable).map(|e| e.to_string()).collect();
+    let mut report = VerifyReport { unreadable, ..VerifyReport::default() };
 
     // Presence and size of every pack each snapshot lists.
     let mut pack_problems: HashMap<Id, String> = HashMap::new();

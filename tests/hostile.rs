@@ -271,7 +271,7 @@ fn hostile_config_values_and_index_lengths_are_errors_not_crashes() {
 }
 
 #[test]
-fn objects_added_under_snapshots_do_not_hide_the_genuine_snapshot() {
+fn objects_added_under_snapshots_and_index_do_not_hide_the_genuine_snapshot() {
     let work = scratch("junk");
     let mut craft = Craft::new(&work);
     let blob = craft.data(b"genuine");
@@ -282,6 +282,8 @@ fn objects_added_under_snapshots_do_not_hide_the_genuine_snapshot() {
     for (name, bytes) in junk {
         std::fs::write(repo.join("snapshots").join(name), bytes).unwrap();
     }
+    std::fs::write(repo.join("index").join("not-a-pack"), b"{}").unwrap();
+    std::fs::write(repo.join("index").join("0".repeat(64)), b"\xff\xfe").unwrap();
     let config = config_for(&work, &repo);
     let listed = run(stackvault(&config).arg("snapshots"));
     assert!(listed.status.success() && text(&listed.stdout).contains(&genuine[..12]), "{}", text(&listed.stderr));
@@ -292,7 +294,7 @@ fn objects_added_under_snapshots_do_not_hide_the_genuine_snapshot() {
     let verified = run(stackvault(&config).arg("verify"));
     let stdout = text(&verified.stdout);
     assert!(!verified.status.success() && stdout.contains(&format!("snapshot {genuine}: ok")), "{stdout}");
-    assert_eq!(stdout.matches("unreadable: ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("unreadable: ").count(), 5, "{stdout}");
     std::fs::remove_dir_all(&work).unwrap();
 }
 

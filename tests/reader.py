@@ -94,9 +94,8 @@ def main():
         unpack(repo, snapshot["packs"], blobs, identity)
         for n, source in enumerate(snapshot["sources"]):
             root = os.path.join(dest.encode(), str(n).encode())
-            os.mkdir(root, 0o700)
             walk = Walk(blobs, root)
-            walk.directory(root, source["root"])
+            walk.entry(root, source["root"])  # a directory, or a single file
             assert (walk.entries, walk.bytes) == (source["entries"], source["bytes"]), "counts differ from the manifest"
 
 

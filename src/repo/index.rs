@@ -1,10 +1,12 @@
-//! The in-memory index: which pack holds each blob, built from every `index/` object at start.
+//! The in-memory index: which pack holds each blob, built from every `index/` object at start. An
+//! index object that cannot be used is left out and reported: its pack's blobs are then missing,
+//! which a backup repairs by storing them again and verify reports.
 
 use std::collections::HashMap;
 
 use super::format::PackIndex;
 use super::{BlobKind, Id, RepoError};
-use crate::storage::{ObjectKind, Storage};
+use crate::storage::{Key, ObjectKind, Storage};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Location {
@@ -18,6 +20,9 @@ pub struct Location {
 
 #[derive(Default)]
 pub struct Index {
+    /// Index objects that were left out, with why: anyone who can write to the storage can add one,
+    /// and it must not make the others unusable.
+    pub unreadable: Vec<RepoError>,
     blobs: HashMap<Id, Location>,
     /// Further copies of blobs stored more than once (two runs stored them concurrently, or someone
     /// added an index object): a copy that cannot be read is not the end of the blob.
@@ -30,14 +35,21 @@ impl Index {
     pub fn load(storage: &dyn Storage) -> Result<Self, RepoError> {
         let mut index = Index::default();
         for info in storage.list(ObjectKind::Index)? {
-            let bytes = super::read_bounded(storage, &info.key, super::MAX_INDEX_OBJECT)?;
-            let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            if pack_index.pack.hex() != info.key.name {
-                return Err(RepoError::corrupt(info.key.path(), format!("it describes pack {}", pack_index.pack)));
+            match Self::read_object(storage, &info.key) {
+                Ok(pack_index) => index.add(&pack_index),
+                Err(e) => index.unreadable.push(e),
             }
-            index.add(&pack_index);
         }
         Ok(index)
+    }
+
+    fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
+        let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
+        let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        if pack_index.pack.hex() != key.name {
+            return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
+        }
+        Ok(pack_index)
     }
 
     pub fn add(&mut self, pack_index: &PackIndex) {
