@@ -184,29 +184,28 @@ impl<'r, 'a> TreeReplay<'r, 'a> {
         SourceError::Malformed(message)
     }
 
+    /// The open file's next piece, or its end. The size is checked before a piece that would pass it
+    /// is sent, and before the end, which gives the file its final metadata.
     fn content(&mut self) -> Result<Event, RepoError> {
         let file = self.file.as_mut().expect("a file is open");
-        match file.blobs.next() {
-            Some(id) => {
-                let data = self.walk.reader().read(&id)?;
-                file.sent += data.len() as u64;
-                if file.sent <= file.size {
-                    return Ok(Event::Data(data));
-                }
-                let (sent, size) = (file.sent, file.size);
-                let path = self.walk.path(&file.name);
-                Err(self.walk.invalid(format!("file {path}: its blobs hold at least {sent} bytes, its size says {size}")))
-            }
-            None if file.sent == file.size => {
-                self.file = None;
-                Ok(Event::FileEnd)
-            }
-            None => {
-                let (sent, size) = (file.sent, file.size);
-                let path = self.walk.path(&file.name);
-                Err(self.walk.invalid(format!("file {path}: its blobs hold {sent} bytes, its size says {size}")))
-            }
+        let piece = match file.blobs.next() {
+            Some(id) => Some(self.walk.reader().read(&id)?),
+            None => None,
+        };
+        let sent = file.sent + piece.as_ref().map_or(0, |p| p.len() as u64);
+        if sent > file.size || (piece.is_none() && sent != file.size) {
+            let held = if piece.is_some() { "at least " } else { "" };
+            let path = self.walk.path(&file.name);
+            return Err(self.walk.invalid(format!("file {path}: its blobs hold {held}{sent} bytes, its size says {}", file.size)));
         }
+        file.sent = sent;
+        Ok(match piece {
+            Some(data) => Event::Data(data),
+            None => {
+                self.file = None;
+                Event::FileEnd
+            }
+        })
     }
 
     fn step(&mut self) -> Result<Event, RepoError> {

@@ -370,3 +370,30 @@ fn a_single_file_source_verifies_and_its_size_is_checked() {
         std::fs::remove_dir_all(&work).unwrap();
     }
 }
+
+/// A reader may read any copy of a blob, so copies that disagree on its length fail the tree that
+/// uses it, in verify as in restore (a tree checked against one copy could be restored from another).
+#[test]
+fn copies_of_a_blob_that_disagree_on_its_length_fail_restore_and_verify() {
+    let work = scratch("conflict");
+    let mut craft = Craft::new(&work);
+    let blob = craft.data(&[b'z'; 20]);
+    let root = craft.tree(vec![file_node(b"f", vec![blob], 5)]);
+    let repo = craft.dir.clone();
+    let snapshot = craft.finish(root, 1, 5);
+    let genuine = files(&repo.join("index")).pop().unwrap();
+    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&genuine).unwrap()).unwrap();
+    let bogus = "0".repeat(64);
+    forged["pack"] = bogus.clone().into();
+    for entry in forged["blobs"].as_array_mut().unwrap() {
+        if entry["type"] == "data" {
+            entry["plain_length"] = 5.into();
+        }
+    }
+    std::fs::write(repo.join("index").join(&bogus), serde_json::to_vec(&forged).unwrap()).unwrap();
+    let config = config_for(&work, &repo);
+    let needle = "indexed twice with different types or lengths";
+    assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("dest"))), "restore", &[&snapshot[..12], needle]);
+    assert_broken(&run(stackvault(&config).args(["verify", "--read-data"])), "verify", &[needle]);
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -90,24 +90,33 @@ fn check_node(node: &Node, index: &Index, max_chunk: u64) -> Result<(), String> 
         }
     }
     if let Some(subtree) = node.subtree {
-        match index.get(&subtree) {
-            None => return Err(format!("its tree {subtree} is in no index")),
-            Some(l) if l.kind != BlobKind::Tree => return Err(format!("its tree {subtree} is indexed as a data blob")),
-            Some(_) => {}
+        if indexed(index, &subtree)?.0 != BlobKind::Tree {
+            return Err(format!("its tree {subtree} is indexed as a data blob"));
         }
     }
     let mut held: u64 = 0;
     for blob in &node.content {
-        let location = index.get(blob).ok_or_else(|| format!("content blob {blob} is in no index"))?;
-        if location.kind != BlobKind::Data || location.plain_length == 0 || location.plain_length > max_chunk {
+        let (kind, length) = indexed(index, blob)?;
+        if kind != BlobKind::Data || length == 0 || length > max_chunk {
             return Err(format!("content blob {blob} is not a data blob of 1 to {max_chunk} bytes"));
         }
-        held = held.saturating_add(location.plain_length);
+        held = held.saturating_add(length);
     }
     if held != node.size {
         return Err(format!("its size says {} bytes but its content blobs hold {held}", node.size));
     }
     Ok(())
+}
+
+/// A blob's type and length by the index. Every copy must agree: a reader may read any of them, so a
+/// tree checked against one copy must hold whichever is read.
+fn indexed(index: &Index, blob: &Id) -> Result<(BlobKind, u64), String> {
+    let mut copies = index.locations(blob).map(|l| (l.kind, l.plain_length));
+    let first = copies.next().ok_or_else(|| format!("blob {blob} is in no index"))?;
+    match copies.find(|copy| *copy != first) {
+        Some(_) => Err(format!("blob {blob} is indexed twice with different types or lengths")),
+        None => Ok(first),
+    }
 }
 
 /// The fixed form writers use, `2026-11-25T07:51:03.329Z`: one spelling per instant, so that
