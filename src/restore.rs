@@ -221,6 +221,7 @@ impl<'r, 'a> TreeReplay<'r, 'a> {
                 Event::File(meta_of(&node))
             }
             Step::Leaf(node) => Event::Leaf(meta_of(&node)),
+            Step::Shared(_) => unreachable!("a restore walks every path"),
             Step::End => Event::End,
         })
     }

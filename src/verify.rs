@@ -105,10 +105,10 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
                         problems.extend(source.root.subtree.and_then(|tree| unlisted("tree", &tree)));
                         continue;
                     };
-                    let mut walk = SnapshotWalk::new(reader, *id, source);
+                    let mut walk = SnapshotWalk::new(reader, *id, source).once_per_tree();
                     loop {
                         match walk.step() {
-                            Ok(Step::Enter(dir)) => problems.extend(dir.subtree.and_then(|tree| unlisted("tree", &tree))),
+                            Ok(Step::Enter(dir) | Step::Shared(dir)) => problems.extend(dir.subtree.and_then(|tree| unlisted("tree", &tree))),
                             Ok(Step::File(file)) => problems.extend(file.content.iter().filter_map(|blob| unlisted("data blob", blob))),
                             Ok(Step::Leave | Step::Leaf(_)) => {}
                             Ok(Step::End) => break,

@@ -397,3 +397,24 @@ fn copies_of_a_blob_that_disagree_on_its_length_fail_restore_and_verify() {
     assert_broken(&run(stackvault(&config).args(["verify", "--read-data"])), "verify", &[needle]);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// Verify walks a shared tree once, so what depends on where it is used must be carried along: here
+/// a chain of 600 directories is used at level 1 (fine) and again below 500 more (too deep).
+#[test]
+fn a_shared_tree_used_too_deep_fails_verify_as_it_fails_restore() {
+    let work = scratch("deep");
+    let mut craft = Craft::new(&work);
+    let mut chains = vec![craft.tree(vec![])];
+    for _ in 0..1100 {
+        let below = *chains.last().unwrap();
+        chains.push(craft.tree(vec![dir_node(b"d", below)]));
+    }
+    let root = craft.tree(vec![dir_node(b"a", chains[600]), dir_node(b"b", chains[1100])]);
+    let repo = craft.dir.clone();
+    let snapshot = craft.finish(root, 2 + 600 + 1100, 0);
+    let config = config_for(&work, &repo);
+    let needle = "nested deeper than 1024 levels";
+    assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("dest"))), "restore", &[&snapshot[..12], needle]);
+    assert_broken(&run(stackvault(&config).arg("verify")), "verify", &[needle]);
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -175,14 +175,30 @@ pub enum Step {
     File(Node),
     /// Anything else; a hardlink's target names a file met earlier in this source.
     Leaf(Node),
+    /// A directory whose tree this walk met before (a walk made [`once_per_tree`](SnapshotWalk::once_per_tree)
+    /// only): counted and checked for depth again, not walked again.
+    Shared(Node),
     End,
 }
 
-/// An open directory: its name and entries, and the position of the next entry.
+/// An open directory: its name and entries, the position of the next entry, and what its walk needs
+/// to remember the tree by.
 struct Frame {
     name: Vec<u8>,
     nodes: Vec<Node>,
     next: usize,
+    tree: Id,
+    /// The walk's counts before this tree was read.
+    before: (u64, u64),
+    /// Levels of directories below this one, so far.
+    height: usize,
+}
+
+/// What a tree expands to: entries and bytes below it, and the levels of directories below it.
+#[derive(Clone, Copy)]
+struct Expanded {
+    counts: (u64, u64),
+    height: usize,
 }
 
 /// Walks one source of a snapshot depth-first, checking every rule on the way and counting entries
@@ -201,6 +217,8 @@ pub struct SnapshotWalk<'r, 'a> {
     ended: bool,
     /// The tree last read to resolve a hardlink: a run of hardlinks mostly points into one directory.
     resolved: Option<(Id, Tree)>,
+    /// For a walk once per tree, the trees walked so far.
+    walked: Option<std::collections::HashMap<Id, Expanded>>,
 }
 
 impl<'r, 'a> SnapshotWalk<'r, 'a> {
@@ -218,7 +236,17 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
             open: Vec::new(),
             ended: false,
             resolved: None,
+            walked: None,
         }
+    }
+
+    /// Walks each tree once, however often the snapshot uses it, as verify needs: every rule that
+    /// depends on where a tree is used (counts, depth, hardlinks pointing backwards) holds for every
+    /// use once it holds for the first, given the tree's expanded counts and height. A tree shared
+    /// 2^64 times then costs what it stores, not what it describes.
+    pub fn once_per_tree(mut self) -> Self {
+        self.walked = Some(Default::default());
+        self
     }
 
     pub fn reader(&mut self) -> &mut BlobReader<'a> {
@@ -244,8 +272,7 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
                 self.counted = (0, root.size);
                 return Ok(Step::File(root));
             }
-            let nodes = self.load(&root, "")?;
-            self.open.push(Frame { name: Vec::new(), nodes, next: 0 });
+            self.enter(&root, String::new())?;
             return Ok(Step::Enter(root));
         }
         let Some(frame) = self.open.last_mut() else {
@@ -259,19 +286,26 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
             return Ok(Step::End);
         };
         let Some(node) = frame.nodes.get(frame.next).cloned() else {
-            self.open.pop();
+            self.leave();
             return Ok(Step::Leave);
         };
         frame.next += 1;
         match node.kind {
             EntryKind::Dir => {
                 let path = self.path(&node.name);
-                if self.open.len() > MAX_DEPTH {
+                let seen = self.walked.as_ref().and_then(|walked| walked.get(&node.subtree?)).copied();
+                let height = seen.map_or(0, |e| e.height);
+                if self.open.len() + height > MAX_DEPTH {
                     return Err(self.invalid(format!("directory {path}: nested deeper than {MAX_DEPTH} levels")));
                 }
-                let nodes = self.load(&node, &path)?;
-                self.open.push(Frame { name: node.name.clone(), nodes, next: 0 });
-                Ok(Step::Enter(node))
+                let Some(expanded) = seen else {
+                    self.enter(&node, path)?;
+                    return Ok(Step::Enter(node));
+                };
+                self.count(expanded.counts, &format!("directory {path}"))?;
+                let parent = self.open.last_mut().expect("a directory is open");
+                parent.height = parent.height.max(height + 1);
+                Ok(Step::Shared(node))
             }
             EntryKind::File => Ok(Step::File(node)),
             EntryKind::Hardlink => {
@@ -282,10 +316,12 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
         }
     }
 
-    /// Reads and checks the tree of directory `node` (at `path`, empty for the root).
-    fn load(&mut self, node: &Node, path: &str) -> Result<Vec<Node>, RepoError> {
+    /// Opens directory `node` (at `path`, empty for the root): reads and checks its tree, and counts
+    /// its entries.
+    fn enter(&mut self, node: &Node, path: String) -> Result<(), RepoError> {
         let shown = if path.is_empty() { "the root directory".to_string() } else { format!("directory {path}") };
         let id = node.subtree.ok_or_else(|| self.invalid(format!("{shown} has no tree")))?;
+        let before = self.counted;
         let tree = match read_tree(self.reader, &id) {
             Ok(tree) => tree,
             Err(e @ (RepoError::Corrupt { .. } | RepoError::Missing(_))) => return Err(self.invalid(format!("{shown}: {e}"))),
@@ -295,14 +331,33 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
         // Every node of a directory read will be walked: counting them now, not when they are met,
         // bounds what the open directories hold in memory by the declared count too.
         let bytes = tree.nodes.iter().fold(0u64, |sum, node| sum.saturating_add(node.size));
-        self.counted = (self.counted.0 + tree.nodes.len() as u64, self.counted.1.saturating_add(bytes));
+        self.count((tree.nodes.len() as u64, bytes), &shown)?;
+        self.open.push(Frame { name: node.name.clone(), nodes: tree.nodes, next: 0, tree: id, before, height: 0 });
+        Ok(())
+    }
+
+    /// Closes the innermost directory, remembering what its tree expands to.
+    fn leave(&mut self) {
+        let frame = self.open.pop().expect("a directory is open");
+        if let Some(parent) = self.open.last_mut() {
+            parent.height = parent.height.max(frame.height + 1);
+        }
+        if let Some(walked) = self.walked.as_mut() {
+            let counts = (self.counted.0 - frame.before.0, self.counted.1.saturating_sub(frame.before.1));
+            walked.insert(frame.tree, Expanded { counts, height: frame.height });
+        }
+    }
+
+    /// Adds `counts` (entries, bytes) to the walk's, which must stay within what the manifest declares.
+    fn count(&mut self, counts: (u64, u64), at: &str) -> Result<(), RepoError> {
+        self.counted = (self.counted.0.saturating_add(counts.0), self.counted.1.saturating_add(counts.1));
         let (entries, bytes) = self.declared;
         if self.counted.0 > entries || self.counted.1 > bytes {
             return Err(self.invalid(format!(
-                "at {shown}: holds more than the {entries} entries and {bytes} bytes its manifest declares (a tree shared too often, or a lying manifest); stopped"
+                "at {at}: holds more than the {entries} entries and {bytes} bytes its manifest declares (a tree shared too often, or a lying manifest); stopped"
             )));
         }
-        Ok(tree.nodes)
+        Ok(())
     }
 
     /// A hardlink's target is the path of a `file` node met earlier in this walk: it differs from the
