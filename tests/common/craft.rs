@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stackvault::repo::format::{Node, PackIndex, PackedBlob, SourceKind, SourceRecord, Summary, Tree};
+use stackvault::repo::format::{Node, PackIndex, PackedBlob, SourceRecord, Summary, Tree};
 use stackvault::repo::pack::{tar_header, Packer, TAR_BLOCK};
 use stackvault::repo::{BlobKind, Id, Repository, Snapshot};
 use stackvault::source::EntryKind;
@@ -108,16 +108,9 @@ impl Craft {
     /// As `finish`, with any root node.
     pub fn finish_with_root(self, root: Node, entries: u64, bytes: u64) -> String {
         let report = self.packer.finish().unwrap();
-        let source = SourceRecord {
-            kind: SourceKind::Path,
-            name: "/crafted".into(),
-            root,
-            mounted_by: vec![],
-            volume_driver: None,
-            volume_labels: Default::default(),
-            entries,
-            bytes,
-        };
+        // Built from JSON, as a reader meets it: optional fields a newer build adds need no mention.
+        let source: SourceRecord =
+            serde_json::from_value(serde_json::json!({ "kind": "path", "name": "/crafted", "root": root, "entries": entries, "bytes": bytes })).unwrap();
         let mut packs: Vec<Id> = report.packs.iter().map(|p| p.pack).chain(self.extra_packs).collect();
         packs.sort();
         let snapshot = Snapshot {
