@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::cache::{CachedFile, FilesCache};
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
 use crate::repo::pack::{Packer, ENTRY_HEADER};
+use crate::repo::tree::{MAX_DEPTH, MAX_TREE_SIZE};
 use crate::repo::{BlobKind, Id, Index, RepoError};
 use crate::source::exclude::Excluded;
 use crate::source::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
@@ -98,11 +99,28 @@ impl<'a> Archiver<'a> {
                     dir_starts.push(dir_path.len());
                     dir_path = join(&dir_path, &meta.name);
                     open.push((meta, Vec::new()));
+                    // A snapshot no reader accepts is worse than a backup that fails now.
+                    if open.len() > MAX_DEPTH + 1 {
+                        return Err(SourceError::Refused(format!(
+                            "directory {}: nested deeper than {MAX_DEPTH} levels, the limit of a snapshot (docs/FORMAT.md, \"Limits\"); exclude it",
+                            String::from_utf8_lossy(&dir_path)
+                        ))
+                        .into());
+                    }
                     continue;
                 }
                 Event::DirEnd => {
                     let (meta, nodes) = open.pop().expect("a directory is open");
+                    let entries = nodes.len();
                     let tree = serde_json::to_vec(&Tree { nodes }).expect("trees serialize");
+                    if tree.len() as u64 > MAX_TREE_SIZE {
+                        let shown = if open.is_empty() { "the root".into() } else { format!("directory {}", String::from_utf8_lossy(&dir_path)) };
+                        return Err(SourceError::Refused(format!(
+                            "{shown}: its {entries} entries need a tree of {} bytes, more than the {MAX_TREE_SIZE} a tree may hold (docs/FORMAT.md, \"Limits\"); split it into subdirectories or exclude it",
+                            tree.len()
+                        ))
+                        .into());
+                    }
                     let id = Id::of(&tree);
                     self.store(id, BlobKind::Tree, tree)?;
                     let node = node_from(meta, Vec::new(), Some(id));
@@ -306,7 +324,7 @@ impl Cutter {
     fn new(params: &ChunkerParams) -> Self {
         use fastcdc::v2020 as cdc;
         let ChunkerParams { min_size, avg_size, max_size } = *params;
-        // The limits StreamCDC enforces; the repository's parameters always lie within them.
+        // The limits StreamCDC enforces; `RepoConfig::check` refuses a repository whose parameters do not.
         assert!((cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min_size), "chunker min_size out of range");
         assert!((cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg_size), "chunker avg_size out of range");
         assert!((cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&max_size), "chunker max_size out of range");
@@ -408,7 +426,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             match x % 23 {
-                0 => out.extend(std::iter::repeat(0u8).take((x >> 8) as usize % 9000)),
+                0 => out.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % 9000)),
                 1 => out.extend(b"INSERT INTO t VALUES (1,'x');".iter().cycle().take((x >> 8) as usize % 3000)),
                 _ => out.extend_from_slice(&x.to_le_bytes()),
             }

@@ -229,7 +229,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots { json } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
-            let snapshots = repo.snapshots()?;
+            let stackvault::repo::Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
+            for e in &unreadable {
+                eprintln!("warning: {e}");
+            }
             if json {
                 let list: Vec<_> = snapshots.iter().map(|(id, s)| serde_json::json!({"id": id, "snapshot": s})).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -279,6 +282,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
+            for problem in &report.unreadable {
+                println!("unreadable: {problem}");
+            }
             for note in &report.notes {
                 println!("note: {note}");
             }
@@ -286,7 +292,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{} snapshots checked{checked}", report.snapshots.len());
             if !report.ok() {
                 let broken: Vec<String> = report.broken.keys().map(|id| id.hex()).collect();
-                eprintln!("error: {} broken snapshot(s): {}", broken.len(), broken.join(", "));
+                let mut failures = Vec::new();
+                if !broken.is_empty() {
+                    failures.push(format!("{} broken snapshot(s): {}", broken.len(), broken.join(", ")));
+                }
+                if !report.unreadable.is_empty() {
+                    failures.push(format!("{} unreadable snapshot or index object(s)", report.unreadable.len()));
+                }
+                eprintln!("error: {}", failures.join("; "));
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -11,8 +11,9 @@ use crate::config::Config;
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::crypt::Identities;
-use crate::repo::format::{Node, SourceKind, SourceRecord, Tree};
+use crate::repo::format::{Node, SourceKind, SourceRecord};
 use crate::repo::pack::BlobReader;
+use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
 use crate::repo::{Id, RepoError};
 use crate::source::apply::{apply, ApplyReport};
 use crate::source::wire::EventWriter;
@@ -48,22 +49,23 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
         let index = repo.load_index()?;
-        // Checks the identity before any destination is touched.
+        // Checked, like the identity, before any destination is touched.
+        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
         let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
         let mut restored = Vec::new();
         for source in &snapshot.sources {
-            let shown = format!("{} {}", kind_name(source.kind), source.name);
+            let shown = source.label();
             let local = match (&options.to, source.kind) {
-                (Some(dir), _) => Some(dir.join(kind_name(source.kind)).join(flatten_name(&source.name))),
+                (Some(dir), _) => Some(dir.join(source.kind.as_str()).join(flatten_name(&source.name))),
                 (None, SourceKind::Path) => Some(PathBuf::from(&source.name)),
                 // Mounted writable into this very container: write in-process, no helper needed.
                 (None, _) => engine.as_ref().and_then(|e| e.own_path(source.kind, &source.name, true)).filter(|_| !is_single_file(source)),
             };
             let (destination, report) = match local {
-                Some(dest) => (dest.display().to_string(), restore_local(&mut reader, source, &dest, options.force, &shown)?),
+                Some(dest) => (dest.display().to_string(), restore_local(&mut reader, snapshot_id, source, &dest, options.force)?),
                 None => {
                     let engine = engine.as_ref().expect("connected for mount sources");
-                    (shown.clone(), restore_mount(&handle, engine, &mut reader, source, options.force, &shown)?)
+                    (shown.clone(), restore_mount(&handle, engine, &mut reader, snapshot_id, source, options.force)?)
                 }
             };
             restored.push(RestoredSource { source: shown, destination, warnings: report });
@@ -72,14 +74,6 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     })
     .await
     .expect("restore thread panicked")
-}
-
-fn kind_name(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::Volume => "volume",
-        SourceKind::Bind => "bind",
-        SourceKind::Path => "path",
-    }
 }
 
 /// A host path as one directory name: `/srv/app data` becomes `srv_app data`.
@@ -93,16 +87,18 @@ fn is_single_file(source: &SourceRecord) -> bool {
     source.root.kind == crate::source::EntryKind::File
 }
 
-fn restore_local(reader: &mut BlobReader, source: &SourceRecord, dest: &Path, force: bool, shown: &str) -> Result<Vec<String>, Error> {
+fn restore_local(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, dest: &Path, force: bool) -> Result<Vec<String>, Error> {
+    let shown = &source.label();
     let folder = if is_single_file(source) { dest.parent().unwrap_or(Path::new("/")) } else { dest };
     std::fs::create_dir_all(folder).map_err(|e| Error::source(shown, SourceError::io(folder.display(), e)))?;
-    let mut replay = TreeReplay::new(reader, &source.root);
+    let mut replay = TreeReplay::new(reader, snapshot, source);
     let report: ApplyReport = apply(dest, &mut replay, force).map_err(|e| replay.blame(e, shown))?;
     Ok(report.warnings)
 }
 
-fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, source: &SourceRecord, force: bool, shown: &str) -> Result<Vec<String>, Error> {
+fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, force: bool) -> Result<Vec<String>, Error> {
     let docker = &engine.docker;
+    let shown = &source.label();
     if source.kind == SourceKind::Volume {
         // Recreated with its driver and labels, so that compose adopts it as its own again.
         let exists = handle.block_on(docker.inspect_volume(&source.name)).is_ok();
@@ -139,7 +135,7 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, sour
     let spec = HelperSpec { auto_remove: true, mounts, binds, args, purpose: format!("restore of {shown}") };
     let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
     let mut out = EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, io.writer));
-    let mut replay = TreeReplay::new(reader, &source.root);
+    let mut replay = TreeReplay::new(reader, snapshot, source);
     let sent = (|| -> Result<(), Error> {
         loop {
             let event = replay.next_event().map_err(|e| replay.blame(e, shown))?;
@@ -160,6 +156,8 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, sour
         return Ok(report.lines().filter(|l| l.starts_with("warning:")).map(str::to_string).collect());
     }
     match (sent, handle.block_on(helper.finish())) {
+        // The repository at fault (an invalid snapshot) explains why the agent saw a truncated stream.
+        (Err(e @ Error::Repo(_)), _) => Err(e),
         // The agent refusing (a non-empty volume, an unsafe name) explains a broken pipe; say that.
         (_, Err(agent)) => Err(agent.into()),
         (Err(e), Ok(_)) => Err(e),
@@ -167,21 +165,26 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, sour
     }
 }
 
-/// A snapshot's tree as the event stream it was archived from, reading blobs on demand.
+/// One source of a snapshot as the event stream it was archived from, reading blobs on demand. The
+/// walk checks every rule of the format; a file's content must add up to its size before its end (and
+/// so its final metadata) is sent.
 struct TreeReplay<'r, 'a> {
-    reader: &'r mut BlobReader<'a>,
-    root: Option<Node>,
-    /// The open directories' remaining entries.
-    open: Vec<std::vec::IntoIter<Node>>,
-    content: Option<std::vec::IntoIter<Id>>,
-    /// Set when a blob could not be read, so the caller reports the repository's error, not the
-    /// consumer's reaction to it.
+    walk: SnapshotWalk<'r, 'a>,
+    file: Option<OpenFile>,
+    /// Set when the repository is at fault, so the caller reports that, not the consumer's reaction.
     failure: Option<RepoError>,
 }
 
+struct OpenFile {
+    name: Vec<u8>,
+    size: u64,
+    blobs: std::vec::IntoIter<Id>,
+    sent: u64,
+}
+
 impl<'r, 'a> TreeReplay<'r, 'a> {
-    fn new(reader: &'r mut BlobReader<'a>, root: &Node) -> Self {
-        TreeReplay { reader, root: Some(root.clone()), open: Vec::new(), content: None, failure: None }
+    fn new(reader: &'r mut BlobReader<'a>, snapshot: Id, source: &SourceRecord) -> Self {
+        TreeReplay { walk: SnapshotWalk::new(reader, snapshot, source), file: None, failure: None }
     }
 
     fn blame(&mut self, error: SourceError, shown: &str) -> Error {
@@ -191,18 +194,51 @@ impl<'r, 'a> TreeReplay<'r, 'a> {
         }
     }
 
-    fn load_tree(&mut self, node: &Node) -> Result<std::vec::IntoIter<Node>, SourceError> {
-        let id = node.subtree.ok_or_else(|| SourceError::Malformed(format!("directory {} has no subtree", String::from_utf8_lossy(&node.name))))?;
-        let bytes = self.read(&id)?;
-        let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| SourceError::Malformed(format!("tree {id}: {e}")))?;
-        Ok(tree.nodes.into_iter())
+    fn fail(&mut self, error: RepoError) -> SourceError {
+        let message = error.to_string();
+        self.failure = Some(error);
+        SourceError::Malformed(message)
     }
 
-    fn read(&mut self, id: &Id) -> Result<Vec<u8>, SourceError> {
-        self.reader.read(id).map_err(|e| {
-            let message = e.to_string();
-            self.failure = Some(e);
-            SourceError::Malformed(message)
+    /// The open file's next piece, or its end. The size is checked before a piece that would pass it
+    /// is sent, and before the end, which gives the file its final metadata.
+    fn content(&mut self) -> Result<Event, RepoError> {
+        let file = self.file.as_mut().expect("a file is open");
+        let piece = match file.blobs.next() {
+            Some(id) => Some(self.walk.reader().read(&id)?),
+            None => None,
+        };
+        let sent = file.sent + piece.as_ref().map_or(0, |p| p.len() as u64);
+        if sent > file.size || (piece.is_none() && sent != file.size) {
+            let held = if piece.is_some() { "at least " } else { "" };
+            let path = self.walk.path(&file.name);
+            return Err(self.walk.invalid(format!("file {path}: its blobs hold {held}{sent} bytes, its size says {}", file.size)));
+        }
+        file.sent = sent;
+        Ok(match piece {
+            Some(data) => Event::Data(data),
+            None => {
+                self.file = None;
+                Event::FileEnd
+            }
+        })
+    }
+
+    fn step(&mut self) -> Result<Event, RepoError> {
+        if self.file.is_some() {
+            return self.content();
+        }
+        Ok(match self.walk.step()? {
+            Step::Enter(node) => Event::Dir(meta_of(&node)),
+            Step::Leave => Event::DirEnd,
+            Step::File(node) => {
+                let blobs = node.content.clone().into_iter();
+                self.file = Some(OpenFile { name: node.name.clone(), size: node.size, blobs, sent: 0 });
+                Event::File(meta_of(&node))
+            }
+            Step::Leaf(node) => Event::Leaf(meta_of(&node)),
+            Step::Shared(_) => unreachable!("a restore walks every path"),
+            Step::End => Event::End,
         })
     }
 }
@@ -226,41 +262,6 @@ fn meta_of(node: &Node) -> Meta {
 
 impl EventSource for TreeReplay<'_, '_> {
     fn next_event(&mut self) -> Result<Event, SourceError> {
-        if let Some(root) = self.root.take() {
-            if root.kind == crate::source::EntryKind::File {
-                // A single-file source: the root is the file.
-                self.content = Some(root.content.clone().into_iter());
-                return Ok(Event::File(meta_of(&root)));
-            }
-            let entries = self.load_tree(&root)?;
-            self.open.push(entries);
-            return Ok(Event::Dir(meta_of(&root)));
-        }
-        if let Some(content) = self.content.as_mut() {
-            return match content.next() {
-                Some(id) => Ok(Event::Data(self.read(&id)?)),
-                None => {
-                    self.content = None;
-                    Ok(Event::FileEnd)
-                }
-            };
-        }
-        let Some(entries) = self.open.last_mut() else { return Ok(Event::End) };
-        let Some(node) = entries.next() else {
-            self.open.pop();
-            return Ok(Event::DirEnd);
-        };
-        Ok(match node.kind {
-            crate::source::EntryKind::Dir => {
-                let entries = self.load_tree(&node)?;
-                self.open.push(entries);
-                Event::Dir(meta_of(&node))
-            }
-            crate::source::EntryKind::File => {
-                self.content = Some(node.content.clone().into_iter());
-                Event::File(meta_of(&node))
-            }
-            _ => Event::Leaf(meta_of(&node)),
-        })
+        self.step().map_err(|e| self.fail(e))
     }
 }

@@ -1,13 +1,15 @@
-//! The verify command: checks that everything each snapshot references is stored, with the right size;
-//! with `read_data`, that every referenced pack still hashes to its name and, where it can be decrypted,
-//! that every blob in it decompresses to its id. Problems are attributed to every snapshot they break.
+//! The verify command: checks that everything each snapshot references is stored, with the right size,
+//! and (where trees can be read) that each snapshot follows every rule a restore enforces, so that a
+//! snapshot that verifies is one that restores; with `read_data`, that every referenced pack still
+//! hashes to its name and, where it can be decrypted, that every blob in it decompresses to its id and
+//! length. Problems are attributed to every snapshot they break.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::repo::crypt::Identities;
-use crate::repo::format::Tree;
 use crate::repo::pack::{check_pack, BlobReader};
-use crate::repo::{BlobKind, Id, RepoError, Repository, Snapshot};
+use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
+use crate::repo::{Id, RepoError, Repository, Snapshot, Snapshots};
 use crate::storage::ObjectKind;
 
 #[derive(Debug, Default)]
@@ -15,6 +17,8 @@ pub struct VerifyReport {
     pub snapshots: Vec<(Id, Snapshot)>,
     /// Problems per snapshot; a snapshot absent here is intact.
     pub broken: BTreeMap<Id, Vec<String>>,
+    /// Objects under `snapshots/` or `index/` that cannot be used, with why.
+    pub unreadable: Vec<String>,
     pub packs_read: usize,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
     pub walked_trees: bool,
@@ -23,16 +27,17 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.broken.is_empty()
+        self.broken.is_empty() && self.unreadable.is_empty()
     }
 }
 
 pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: bool) -> Result<VerifyReport, RepoError> {
     let index = repo.load_index()?;
-    let snapshots = repo.snapshots()?;
+    let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
     let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
     let known_sizes: HashMap<Id, u64> = index.packs.iter().copied().collect();
-    let mut report = VerifyReport::default();
+    let unreadable = unreadable.iter().chain(&index.unreadable).map(|e| e.to_string()).collect();
+    let mut report = VerifyReport { unreadable, ..VerifyReport::default() };
 
     // Presence and size of every pack each snapshot lists.
     let mut pack_problems: HashMap<Id, String> = HashMap::new();
@@ -73,7 +78,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
         }
     }
 
-    // Reachability: every tree and data blob below each source root is indexed and lies in a listed pack.
+    // Every rule a restore enforces, walked as a restore walks: every tree and data blob below each
+    // source root is indexed and lies in a listed pack, and the counts match the manifest.
     let mut reader = match (&repo.config.encryption, identities) {
         (Some(_), None) => None,
         _ => Some(BlobReader::new(repo, &index, identities)?),
@@ -85,38 +91,32 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     for (id, snapshot) in &snapshots {
         let mut problems: Vec<String> = snapshot.packs.iter().filter_map(|p| pack_problems.get(p).cloned()).collect();
         let listed: HashSet<Id> = snapshot.packs.iter().copied().collect();
-        let mut pending: Vec<Id> = snapshot.sources.iter().filter_map(|s| s.root.subtree).collect();
-        let mut seen = HashSet::new();
-        while let Some(tree_id) = pending.pop() {
-            if !seen.insert(tree_id) {
-                continue;
-            }
-            let Some(location) = index.get(&tree_id) else {
-                problems.push(format!("tree {tree_id}: in no index"));
-                continue;
-            };
-            if location.kind != BlobKind::Tree || !listed.contains(&index.pack_of(location).0) {
-                problems.push(format!("tree {tree_id}: its pack is not listed by the snapshot"));
-            }
-            let Some(reader) = reader.as_mut() else { continue };
-            let tree: Tree = match reader.read(&tree_id).map(|b| serde_json::from_slice(&b)) {
-                Ok(Ok(tree)) => tree,
-                Ok(Err(e)) => {
-                    problems.push(format!("tree {tree_id}: {e}"));
-                    continue;
-                }
-                Err(e) => {
-                    problems.push(e.to_string());
-                    continue;
-                }
-            };
-            for node in tree.nodes {
-                pending.extend(node.subtree);
-                for blob in node.content {
-                    match index.get(&blob) {
-                        None => problems.push(format!("data blob {blob}: in no index")),
-                        Some(l) if !listed.contains(&index.pack_of(l).0) => problems.push(format!("data blob {blob}: its pack is not listed by the snapshot")),
-                        Some(_) => {}
+        // A blob stored more than once needs one copy in a listed pack (FORMAT.md, "Snapshot manifests").
+        let unlisted = |what: &str, blob: &Id| {
+            let mut packs = index.locations(blob).map(|l| index.pack_of(l).0).peekable();
+            packs.peek()?;
+            (!packs.any(|p| listed.contains(&p))).then(|| format!("{what} {blob}: no pack the snapshot lists holds it"))
+        };
+        match check_snapshot(snapshot, &index, &repo.config) {
+            Err(detail) => problems.push(RepoError::invalid(id, detail).to_string()),
+            Ok(()) => {
+                for source in &snapshot.sources {
+                    let Some(reader) = reader.as_mut() else {
+                        problems.extend(source.root.subtree.and_then(|tree| unlisted("tree", &tree)));
+                        continue;
+                    };
+                    let mut walk = SnapshotWalk::new(reader, *id, source).once_per_tree();
+                    loop {
+                        match walk.step() {
+                            Ok(Step::Enter(dir) | Step::Shared(dir)) => problems.extend(dir.subtree.and_then(|tree| unlisted("tree", &tree))),
+                            Ok(Step::File(file)) => problems.extend(file.content.iter().filter_map(|blob| unlisted("data blob", blob))),
+                            Ok(Step::Leave | Step::Leaf(_)) => {}
+                            Ok(Step::End) => break,
+                            Err(e) => {
+                                problems.push(e.to_string());
+                                break;
+                            }
+                        }
                     }
                 }
             }

@@ -1,19 +1,18 @@
 //! What the repository promises on its own: encryption that hides content and names and tells a wrong
-//! identity apart, damage that `verify --read-data` finds and attributes, and a crafted repository
-//! that cannot make restore write outside its destination.
+//! identity apart, damage that `verify --read-data` finds and attributes, a crafted repository that
+//! cannot make restore write outside its destination, and a format that a reader written from
+//! docs/FORMAT.md alone (tests/reader.py) restores exactly.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 
+use common::craft::{self, dir_node, link_node, Craft};
 use common::*;
-use stackvault::repo::format::{Node, SourceKind, SourceRecord, Summary, Tree};
-use stackvault::repo::pack::Packer;
-use stackvault::repo::{BlobKind, Id, Repository, Snapshot};
+use stackvault::repo::format::Node;
+use stackvault::repo::Id;
 use stackvault::source::EntryKind;
-use stackvault::storage::filesystem::FilesystemStorage;
 
 fn keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
     let path = dir.join(name);
@@ -40,10 +39,10 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
         }
     }
 
-    let wrong = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")).arg("--identity").arg(&stranger));
+    let wrong = run(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("w")).arg("--identity").arg(&stranger));
     assert!(!wrong.status.success());
     assert!(text(&wrong.stderr).contains("identity does not match any recipient"), "{}", text(&wrong.stderr));
-    let missing = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("w")));
+    let missing = run(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("w")));
     assert!(text(&missing.stderr).contains("--identity"), "{}", text(&missing.stderr));
 
     scene.destroy();
@@ -53,6 +52,26 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
     ok(stackvault(config).args(["verify", "--read-data", "--identity"]).arg(&identity));
     scene.cleanup();
     std::fs::remove_dir_all(&keys).unwrap();
+}
+
+#[test]
+fn a_reader_written_from_the_specification_alone_restores_a_backup_exactly() {
+    let work = scratch("spec");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_fixture(&data, 3, 300);
+    manifest(&data, &work.join("before.json"));
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("stack: spec\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    let dest = work.join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let read = python("reader.py", &[&repo, &dest]);
+    assert!(read.status.success(), "reader.py: {}", text(&read.stderr));
+    manifest(&dest.join("0"), &work.join("after.json"));
+    assert_same(&work.join("before.json"), &work.join("after.json"));
+    std::fs::remove_dir_all(&work).unwrap();
 }
 
 fn flip_byte(path: &Path, at: u64) {
@@ -102,108 +121,43 @@ fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks()
     std::fs::remove_dir_all(&work).unwrap();
 }
 
-fn node(name: &[u8], kind: EntryKind) -> Node {
-    Node { name: name.to_vec(), kind, mode: 0o755, uid: 0, gid: 0, mtime_ns: 0, size: 0, content: vec![], subtree: None, target: vec![], rdev: 0, xattrs: vec![] }
-}
-
-/// Writes a repository whose one snapshot holds `entries` at the root, as an attacker with write
-/// access to the storage could: through the library's own writer, with trees no walker would produce.
-fn crafted_repository(dir: &Path, entries: Vec<Node>, extra_trees: Vec<Tree>) -> std::path::PathBuf {
-    let repo_dir = dir.join("repo");
-    std::fs::create_dir_all(&repo_dir).unwrap();
-    let repo = Repository::init(Arc::new(FilesystemStorage::open(&repo_dir).unwrap()), &[]).unwrap();
-    let mut packer = Packer::start(&repo, vec![]);
-    let payload = b"escaped".to_vec();
-    packer.add(Id::of(&payload), BlobKind::Data, payload).unwrap();
-    for tree in extra_trees {
-        let bytes = serde_json::to_vec(&tree).unwrap();
-        packer.add(Id::of(&bytes), BlobKind::Tree, bytes).unwrap();
-    }
-    let root_tree = serde_json::to_vec(&Tree { nodes: entries }).unwrap();
-    let root_id = Id::of(&root_tree);
-    packer.add(root_id, BlobKind::Tree, root_tree).unwrap();
-    let report = packer.finish().unwrap();
-    let mut root = node(b"", EntryKind::Dir);
-    root.subtree = Some(root_id);
-    let source = SourceRecord {
-        kind: SourceKind::Path,
-        name: "/crafted".into(),
-        root,
-        mounted_by: vec![],
-        volume_driver: None,
-        volume_labels: Default::default(),
-        entries: 1,
-        bytes: 0,
-        exclude_rules: vec![],
-        excluded: vec![],
-    };
-    let snapshot = Snapshot {
-        version: 1,
-        time: "2026-01-01T00:00:00Z".into(),
-        stack: "crafted".into(),
-        hostname: "attacker".into(),
-        program: "crafted".into(),
-        sources: vec![source],
-        packs: report.packs.iter().map(|p| p.pack).collect(),
-        summary: Summary::default(),
-    };
-    repo.save_snapshot(&snapshot).unwrap();
-    repo_dir
-}
-
 fn file_node(name: &[u8]) -> Node {
-    let mut n = node(name, EntryKind::File);
-    n.content = vec![Id::of(b"escaped")];
-    n.size = 7;
-    n
+    craft::file_node(name, vec![Id::of(b"escaped")], 7)
 }
 
 #[test]
-fn a_crafted_repository_restores_nothing_outside_its_destination() {
+fn a_crafted_repository_restores_nothing_outside_its_destination_and_fails_verify() {
     let outside_name = "outside";
-    let dir_with = |name: &[u8], children: Vec<Node>| {
-        let tree = Tree { nodes: children };
-        let mut n = node(name, EntryKind::Dir);
-        n.subtree = Some(Id::of(&serde_json::to_vec(&tree).unwrap()));
-        (n, tree)
-    };
-    let symlink = |name: &[u8], target: &Path| {
-        let mut n = node(name, EntryKind::Symlink);
-        n.target = target.as_os_str().as_encoded_bytes().to_vec();
-        n
-    };
-    let hardlink = |name: &[u8], target: &[u8]| {
-        let mut n = node(name, EntryKind::Hardlink);
-        n.target = target.to_vec();
-        n
-    };
-    type Case<'a> = Box<dyn Fn(&Path) -> (Vec<Node>, Vec<Tree>) + 'a>;
+    let dir_with = |craft: &mut Craft, name: &[u8], children: Vec<Node>| dir_node(name, craft.tree(children));
+    let symlink = |name: &[u8], target: &Path| link_node(name, EntryKind::Symlink, target.as_os_str().as_encoded_bytes());
+    let hardlink = |name: &[u8], target: &[u8]| link_node(name, EntryKind::Hardlink, target);
+    type Case<'a> = Box<dyn Fn(&mut Craft, &Path) -> Vec<Node> + 'a>;
     let cases: Vec<(&str, Case<'_>)> = vec![
-        ("a directory named ..", Box::new(move |_| {
-            let (d, t) = dir_with(b"..", vec![file_node(b"escaped-dotdot")]);
-            (vec![d], vec![t])
-        })),
-        ("an absolute name", Box::new(|outside| (vec![file_node(outside.join("escaped-abs").as_os_str().as_encoded_bytes())], vec![]))),
-        ("a name with slashes", Box::new(|_| (vec![file_node(format!("../../{outside_name}/escaped-slash").as_bytes())], vec![]))),
-        ("a file through a symlink", Box::new(move |outside| {
-            let (d, t) = dir_with(b"link", vec![file_node(b"escaped-through-link")]);
-            (vec![symlink(b"link", outside), d], vec![t])
-        })),
-        ("a file over a symlink", Box::new(|outside| (vec![symlink(b"link", &outside.join("escaped-over-link")), file_node(b"link")], vec![]))),
-        ("a hardlink through a symlink", Box::new(|outside| (vec![symlink(b"link", outside), hardlink(b"h", b"link/victim")], vec![]))),
-        ("a hardlink up and out", Box::new(|_| (vec![hardlink(b"h", format!("../{outside_name}/victim").as_bytes())], vec![]))),
+        ("a directory named ..", Box::new(move |c, _| vec![dir_with(c, b"..", vec![file_node(b"escaped-dotdot")])])),
+        ("an absolute name", Box::new(|_, outside| vec![file_node(outside.join("escaped-abs").as_os_str().as_encoded_bytes())])),
+        ("a name with slashes", Box::new(|_, _| vec![file_node(format!("../../{outside_name}/escaped-slash").as_bytes())])),
+        ("a file through a symlink", Box::new(move |c, outside| vec![symlink(b"link", outside), dir_with(c, b"link", vec![file_node(b"escaped-through-link")])])),
+        ("a file over a symlink", Box::new(|_, outside| vec![symlink(b"link", &outside.join("escaped-over-link")), file_node(b"link")])),
+        ("a hardlink through a symlink", Box::new(|_, outside| vec![symlink(b"link", outside), hardlink(b"h", b"link/victim")])),
+        ("a hardlink up and out", Box::new(|_, _| vec![hardlink(b"h", format!("../{outside_name}/victim").as_bytes())])),
     ];
     for (what, case) in cases {
         let work = scratch("craft");
         let outside = work.join(outside_name);
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("victim"), b"precious").unwrap();
-        let (entries, trees) = case(&outside);
-        let repo = crafted_repository(&work, entries, trees);
+        let mut craft = Craft::new(&work);
+        craft.data(b"escaped");
+        let entries = case(&mut craft, &outside);
+        let root = craft.tree(entries);
+        let repo = craft.dir.clone();
+        craft.finish(root, 1, 0);
         let config = write_config(&work, &format!("stack: crafted\nrepository:\n  filesystem:\n    path: {}\n", repo.display()));
         let dest = work.join("dest");
         let out = run(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
         assert!(!out.status.success(), "{what}: restore succeeded");
+        let verified = run(stackvault(&config).arg("verify"));
+        assert!(!verified.status.success() && text(&verified.stdout).contains("BROKEN"), "{what}: verify passed:\n{}", text(&verified.stdout));
         let mut outside_now: Vec<_> = files(&outside).into_iter().map(|p| p.file_name().unwrap().to_owned()).collect();
         outside_now.sort();
         assert_eq!(outside_now, vec![std::ffi::OsString::from("victim")], "{what}: something was written outside");

@@ -72,9 +72,62 @@ impl RepoConfig {
         })
     }
 
+    /// The config object is the one object no name authenticates: whoever can write to the storage may
+    /// replace it. Values out of range are refused here, before any of them sizes a buffer or a chunker.
+    pub fn check(&self) -> Result<(), String> {
+        use fastcdc::v2020 as cdc;
+        if self.format != "stackvault" {
+            return Err(format!("format is {:?}, not \"stackvault\"", self.format));
+        }
+        if self.id.len() != 32 || !is_lower_hex(&self.id) {
+            return Err(format!("id {:?} is not 32 lower-case hex digits", self.id));
+        }
+        let ChunkerParams { min_size, avg_size, max_size } = self.chunker;
+        let in_range = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min_size)
+            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg_size)
+            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&max_size);
+        if !in_range || min_size > avg_size || avg_size > max_size {
+            return Err(format!(
+                "chunker sizes {min_size}/{avg_size}/{max_size} are out of range (min {}..={}, avg {}..={}, max {}..={}, min <= avg <= max)",
+                cdc::MINIMUM_MIN, cdc::MINIMUM_MAX, cdc::AVERAGE_MIN, cdc::AVERAGE_MAX, cdc::MAXIMUM_MIN, cdc::MAXIMUM_MAX
+            ));
+        }
+        if !(MIN_PACK_SIZE..=MAX_PACK_SIZE).contains(&self.pack_size) {
+            return Err(format!("pack_size {} is outside {MIN_PACK_SIZE}..={MAX_PACK_SIZE}", self.pack_size));
+        }
+        if !zstd::compression_level_range().contains(&self.zstd_level) {
+            return Err(format!("zstd_level {} is not a zstd level ({:?})", self.zstd_level, zstd::compression_level_range()));
+        }
+        if let Some(encryption) = &self.encryption {
+            if encryption.scheme != "age-x25519" {
+                return Err(format!("encryption scheme {:?} is not \"age-x25519\"", encryption.scheme));
+            }
+            if encryption.recipients.is_empty() {
+                return Err("encryption lists no recipients".into());
+            }
+            for recipient in &encryption.recipients {
+                crypt::parse_recipient(recipient)?;
+            }
+            if !is_lower_hex(&encryption.key_check) || encryption.key_check.len() % 2 != 0 {
+                return Err("key_check is not lower-case hex".into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn recipients(&self) -> Vec<String> {
         self.encryption.as_ref().map(|e| e.recipients.clone()).unwrap_or_default()
     }
+}
+
+/// Packs smaller or larger than this are refused in a config: a pack is read whole by `verify`, and
+/// the writer holds none in memory, but one of a few bytes or many GiB says the config was tampered with.
+pub const MIN_PACK_SIZE: u64 = 1 << 20;
+pub const MAX_PACK_SIZE: u64 = 1 << 30;
+
+/// Lower-case hex: the one spelling the format allows, so that every value has exactly one form.
+pub fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// One directory's entries, sorted by name bytes. Its id is the BLAKE3 of its JSON serialization.
@@ -145,7 +198,17 @@ mod os_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         match Repr::deserialize(d)? {
             Repr::Text(text) => Ok(text.into_bytes()),
-            Repr::Raw { hex } => hex::decode(hex).map_err(serde::de::Error::custom),
+            Repr::Raw { hex } => {
+                if !super::is_lower_hex(&hex) {
+                    return Err(serde::de::Error::custom(format!("{hex:?} is not lower-case hex")));
+                }
+                let bytes = hex::decode(hex).map_err(serde::de::Error::custom)?;
+                // One spelling per name: valid UTF-8 is always written as a string.
+                if std::str::from_utf8(&bytes).is_ok() {
+                    return Err(serde::de::Error::custom("a {\"hex\"} name must not be valid UTF-8 (write it as a string)"));
+                }
+                Ok(bytes)
+            }
         }
     }
 }
@@ -159,6 +222,16 @@ pub enum SourceKind {
     Bind,
     /// A directory the sidecar reads itself.
     Path,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Volume => "volume",
+            SourceKind::Bind => "bind",
+            SourceKind::Path => "path",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +257,13 @@ pub struct SourceRecord {
     /// What those rules left out, per rule that matched anything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<Excluded>,
+}
+
+impl SourceRecord {
+    /// How messages name the source: `volume demo_db-data`, `path /srv/app`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind.as_str(), self.name)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
-//! The in-memory index: which pack holds each blob, built from every `index/` object at start.
+//! The in-memory index: which pack holds each blob, built from every `index/` object at start. An
+//! index object that cannot be used is left out and reported: its pack's blobs are then missing,
+//! which a backup repairs by storing them again and verify reports.
 
 use std::collections::HashMap;
 
 use super::format::PackIndex;
 use super::{BlobKind, Id, RepoError};
-use crate::storage::{ObjectKind, Storage};
+use crate::storage::{Key, ObjectKind, Storage};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Location {
@@ -18,7 +20,13 @@ pub struct Location {
 
 #[derive(Default)]
 pub struct Index {
+    /// Index objects that were left out, with why: anyone who can write to the storage can add one,
+    /// and it must not make the others unusable.
+    pub unreadable: Vec<RepoError>,
     blobs: HashMap<Id, Location>,
+    /// Further copies of blobs stored more than once (two runs stored them concurrently, or someone
+    /// added an index object): a copy that cannot be read is not the end of the blob.
+    copies: HashMap<Id, Vec<Location>>,
     /// Pack id and stored size.
     pub packs: Vec<(Id, u64)>,
 }
@@ -27,14 +35,21 @@ impl Index {
     pub fn load(storage: &dyn Storage) -> Result<Self, RepoError> {
         let mut index = Index::default();
         for info in storage.list(ObjectKind::Index)? {
-            let bytes = storage.get(&info.key)?;
-            let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            if pack_index.pack.hex() != info.key.name {
-                return Err(RepoError::corrupt(info.key.path(), format!("it describes pack {}", pack_index.pack)));
+            match Self::read_object(storage, &info.key) {
+                Ok(pack_index) => index.add(&pack_index),
+                Err(e) => index.unreadable.push(e),
             }
-            index.add(&pack_index);
         }
         Ok(index)
+    }
+
+    fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
+        let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
+        let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        if pack_index.pack.hex() != key.name {
+            return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
+        }
+        Ok(pack_index)
     }
 
     pub fn add(&mut self, pack_index: &PackIndex) {
@@ -42,13 +57,23 @@ impl Index {
         self.packs.push((pack_index.pack, pack_index.size));
         for blob in &pack_index.blobs {
             let location = Location { pack, kind: blob.kind, offset: blob.offset, length: blob.length, plain_length: blob.plain_length };
-            // A blob stored twice (two concurrent backups) is readable from either copy.
-            self.blobs.entry(blob.id).or_insert(location);
+            match self.blobs.entry(blob.id) {
+                std::collections::hash_map::Entry::Vacant(first) => {
+                    first.insert(location);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => self.copies.entry(blob.id).or_default().push(location),
+            }
         }
     }
 
+    /// The first copy of a blob, in the order index objects are listed (by pack id).
     pub fn get(&self, id: &Id) -> Option<&Location> {
         self.blobs.get(id)
+    }
+
+    /// Every copy of a blob, the first first.
+    pub fn locations(&self, id: &Id) -> impl Iterator<Item = &Location> {
+        self.blobs.get(id).into_iter().chain(self.copies.get(id).into_iter().flatten())
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -64,6 +89,11 @@ impl Index {
         let mut by_pack = vec![Vec::new(); self.packs.len()];
         for (id, location) in &self.blobs {
             by_pack[location.pack as usize].push((*id, *location));
+        }
+        for (id, locations) in &self.copies {
+            for location in locations {
+                by_pack[location.pack as usize].push((*id, *location));
+            }
         }
         by_pack
     }

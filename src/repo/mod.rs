@@ -5,6 +5,7 @@ pub mod crypt;
 pub mod format;
 pub mod index;
 pub mod pack;
+pub mod tree;
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,12 +44,36 @@ pub enum RepoError {
     Crypto(String),
     #[error("the {0} stopped before the backup finished")]
     Stopped(&'static str),
+    #[error("snapshot {snapshot}: {detail}; the snapshot is damaged or was crafted: restore another one, and run `stackvault verify`")]
+    Invalid { snapshot: String, detail: String },
 }
 
 impl RepoError {
     pub fn corrupt(what: impl fmt::Display, detail: impl fmt::Display) -> Self {
         RepoError::Corrupt { what: what.to_string(), detail: detail.to_string() }
     }
+
+    /// A snapshot breaking a rule of docs/FORMAT.md; named by the short id `snapshots` shows.
+    pub fn invalid(snapshot: &Id, detail: impl fmt::Display) -> Self {
+        RepoError::Invalid { snapshot: snapshot.hex()[..12].to_string(), detail: detail.to_string() }
+    }
+}
+
+/// The largest config object, snapshot manifest and index object a reader loads (docs/FORMAT.md,
+/// "Limits"); an object is read whole, so anything larger is refused before it is read.
+pub const MAX_CONFIG_OBJECT: u64 = 1 << 20;
+pub const MAX_SNAPSHOT_OBJECT: u64 = 64 << 20;
+pub const MAX_INDEX_OBJECT: u64 = 64 << 20;
+
+/// Reads a whole object of at most `limit` bytes: an object's size is whatever whoever wrote it chose.
+fn read_bounded(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>, RepoError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    storage.open(key)?.take(limit + 1).read_to_end(&mut bytes).map_err(|e| StorageError::from_io(key.path(), e))?;
+    if bytes.len() as u64 > limit {
+        return Err(RepoError::corrupt(key.path(), format!("it is larger than {} MiB, the limit for its kind (docs/FORMAT.md, \"Limits\")", limit >> 20)));
+    }
+    Ok(bytes)
 }
 
 /// A BLAKE3 content id: of a blob's plaintext, or of a stored object's bytes.
@@ -80,7 +105,10 @@ impl FromStr for Id {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut id = [0u8; 32];
-        hex::decode_to_slice(s, &mut id).map_err(|_| format!("{s:?} is not a 64-digit hex id"))?;
+        let valid = format::is_lower_hex(s) && hex::decode_to_slice(s, &mut id).is_ok();
+        if !valid {
+            return Err(format!("{s:?} is not a 64-digit lower-case hex id"));
+        }
         Ok(Id(id))
     }
 }
@@ -114,6 +142,12 @@ impl BlobKind {
     }
 }
 
+/// A repository's snapshots, oldest first, and apart the objects under `snapshots/` that are none.
+pub struct Snapshots {
+    pub valid: Vec<(Id, Snapshot)>,
+    pub unreadable: Vec<RepoError>,
+}
+
 pub struct Repository {
     pub storage: Arc<dyn Storage>,
     pub config: RepoConfig,
@@ -130,15 +164,16 @@ impl Repository {
     }
 
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self, RepoError> {
-        let bytes = match storage.get(&Key::config()) {
+        let bytes = match read_bounded(storage.as_ref(), &Key::config(), MAX_CONFIG_OBJECT) {
             Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Err(RepoError::NotARepository(storage.location())),
-            Err(e) => return Err(e.into()),
+            Err(RepoError::Storage(StorageError::NotFound { .. })) => return Err(RepoError::NotARepository(storage.location())),
+            Err(e) => return Err(e),
         };
         let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt("the config object", e))?;
         if config.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion { found: config.version });
         }
+        config.check().map_err(|e| RepoError::corrupt("the config object", e))?;
         Ok(Repository { storage, config })
     }
 
@@ -146,32 +181,45 @@ impl Repository {
         Index::load(self.storage.as_ref())
     }
 
-    /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        let mut all = Vec::new();
+    /// Every snapshot, oldest first, and apart the objects under `snapshots/` that are not one (a name
+    /// that is not an id, bytes that do not hash to it, JSON that does not parse), each with why: an
+    /// object anyone could add must not make the others unreadable.
+    pub fn snapshots(&self) -> Result<Snapshots, RepoError> {
+        let (mut all, mut unreadable) = (Vec::new(), Vec::new());
         for info in self.storage.list(ObjectKind::Snapshot)? {
-            let id: Id = info.key.name.parse().map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            let bytes = self.storage.get(&info.key)?;
-            if Id::of(&bytes) != id {
-                return Err(RepoError::corrupt(info.key.path(), "its content does not match its name"));
+            match self.load_snapshot(&info.key) {
+                Ok(found) => all.push(found),
+                Err(e) => unreadable.push(e),
             }
-            let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(info.key.path(), e))?;
-            all.push((id, snapshot));
         }
         all.sort_by(|a, b| (a.1.time.as_str(), a.0).cmp(&(b.1.time.as_str(), b.0)));
-        Ok(all)
+        Ok(Snapshots { valid: all, unreadable })
+    }
+
+    fn load_snapshot(&self, key: &Key) -> Result<(Id, Snapshot), RepoError> {
+        let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
+        let bytes = read_bounded(self.storage.as_ref(), key, MAX_SNAPSHOT_OBJECT)?;
+        if Id::of(&bytes) != id {
+            return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
+        }
+        let snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        Ok((id, snapshot))
     }
 
     /// Finds a snapshot by `latest` or by a unique prefix of its id.
     pub fn find_snapshot(&self, wanted: &str) -> Result<(Id, Snapshot), RepoError> {
-        let mut all = self.snapshots()?;
+        let mut all = self.snapshots()?.valid;
         if wanted == "latest" {
             return all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()));
         }
         let mut matching: Vec<_> = all.into_iter().filter(|(id, _)| id.hex().starts_with(wanted)).collect();
         match matching.len() {
             1 => Ok(matching.pop().unwrap()),
-            0 => Err(RepoError::Missing(format!("snapshot {wanted}"))),
+            // Why a snapshot asked for by its id cannot be read says more than its absence.
+            0 => match self.storage.list(ObjectKind::Snapshot)?.into_iter().find(|o| o.key.name.starts_with(wanted)) {
+                Some(object) => Err(self.load_snapshot(&object.key).err().unwrap_or_else(|| RepoError::Missing(format!("snapshot {wanted}")))),
+                None => Err(RepoError::Missing(format!("snapshot {wanted}"))),
+            },
             n => Err(RepoError::Missing(format!("a unique snapshot for {wanted:?} ({n} match; give more digits)"))),
         }
     }

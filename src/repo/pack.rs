@@ -16,10 +16,10 @@ use super::index::{Index, Location};
 use super::{BlobKind, Id, RepoError, Repository, FORMAT_VERSION};
 use crate::storage::{Key, ObjectKind, ObjectReader, ObjectWriter, Storage, StorageError};
 
-const TAR_BLOCK: usize = 512;
+pub const TAR_BLOCK: usize = 512;
 
 /// The ustar header naming a blob `<kind>/<id>` (docs/FORMAT.md, "Packs").
-fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
+pub fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
     let mut header = tar::Header::new_ustar();
     header.set_path(format!("{}/{}", kind.as_str(), id)).expect("a 69-byte ASCII name fits ustar");
     header.set_size(len);
@@ -31,6 +31,10 @@ fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
     header.set_cksum();
     *header.as_bytes()
 }
+
+/// A writer closes a pack at this many blobs, whatever their size, so that its index object stays far
+/// below `MAX_INDEX_OBJECT` (about 190 bytes of JSON per blob).
+pub const MAX_PACK_BLOBS: usize = 100_000;
 
 fn padding(len: u64) -> usize {
     (TAR_BLOCK - (len as usize % TAR_BLOCK)) % TAR_BLOCK
@@ -197,7 +201,7 @@ impl Packer {
         let sent = self.jobs.as_ref().expect("not finished").send(Job { id, kind, entry });
         if sent.is_err() {
             // The writer stopped early; its error is the one to report.
-            return Err(self.join().err().unwrap_or_else(|| RepoError::Stopped("pack writer")));
+            return Err(self.join().err().unwrap_or(RepoError::Stopped("pack writer")));
         }
         Ok(())
     }
@@ -297,7 +301,7 @@ fn fill_packs(
         pack.plain_offset += frame.compressed.len() as u64;
         outputs.give(frame.compressed);
         // The plaintext length is within an age overhead of 0.03 % of the stored size: close enough.
-        if pack.plain_offset >= pack_size {
+        if pack.plain_offset >= pack_size || pack.blobs.len() >= MAX_PACK_BLOBS {
             hand_over(open.take().unwrap())?;
         }
     }
@@ -406,15 +410,39 @@ impl<'a> BlobReader<'a> {
         Ok(BlobReader { repo, index, identities, open: Vec::new(), decompressor: zstd::bulk::Decompressor::new().expect("zstd"), frame: Vec::new() })
     }
 
+    pub fn index(&self) -> &'a Index {
+        self.index
+    }
+
+    pub fn config(&self) -> &'a super::RepoConfig {
+        &self.repo.config
+    }
+
+    /// Reads a blob from the first of its copies that reads back whole (a copy's pack may be missing,
+    /// damaged, or an attacker's); the first copy's error when none does.
     pub fn read(&mut self, id: &Id) -> Result<Vec<u8>, RepoError> {
-        let location = *self.index.get(id).ok_or_else(|| RepoError::Missing(format!("blob {id} (in no index)")))?;
-        let (pack_id, _) = self.index.pack_of(&location);
+        let index = self.index;
+        let mut first_error = None;
+        for location in index.locations(id) {
+            match self.read_at(id, location) {
+                Ok(data) => return Ok(data),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| RepoError::Missing(format!("blob {id} (in no index)"))))
+    }
+
+    fn read_at(&mut self, id: &Id, location: &Location) -> Result<Vec<u8>, RepoError> {
+        let (pack_id, _) = self.index.pack_of(location);
         let what = format!("pack {pack_id}");
+        check_bounds(&self.repo.config, id, location).map_err(|detail| RepoError::corrupt(&what, detail))?;
         let mut frame = std::mem::take(&mut self.frame);
         frame.resize(location.length as usize, 0);
         let read = self.stream(pack_id)?.read_at(location.offset, &mut frame);
         let decoded = match read {
-            Ok(()) => decode_frame(&mut self.decompressor, &frame, id, &location).map_err(|detail| RepoError::corrupt(&what, detail)),
+            Ok(()) => decode_frame(&mut self.decompressor, &frame, id, location).map_err(|detail| RepoError::corrupt(&what, detail)),
             Err(e) => Err(RepoError::corrupt(&what, format!("reading blob {id}: {e}"))),
         };
         self.frame = frame;
@@ -445,10 +473,33 @@ fn open_pack_stream(repo: &Repository, identities: Option<&Identities>, pack_id:
     })
 }
 
+/// The index is as untrusted as the rest: its lengths are checked against the format's limits before
+/// they size a buffer, and decompression never produces more than the entry they announce.
+fn check_bounds(config: &super::RepoConfig, id: &Id, location: &Location) -> Result<(), String> {
+    let limit = match location.kind {
+        BlobKind::Data => config.chunker.max_size as u64,
+        BlobKind::Tree => super::tree::MAX_TREE_SIZE,
+    };
+    if location.plain_length > limit {
+        return Err(format!(
+            "blob {id}: the index says it holds {} bytes; a {} blob holds at most {limit} (docs/FORMAT.md, \"Limits\")",
+            location.plain_length,
+            location.kind.as_str()
+        ));
+    }
+    let frame_limit = zstd::zstd_safe::compress_bound(2 * TAR_BLOCK + location.plain_length as usize) as u64;
+    if location.length > frame_limit {
+        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {} bytes is at most {frame_limit}", location.length, location.plain_length));
+    }
+    Ok(())
+}
+
 /// Decompresses one frame and checks that it is the tar entry of blob `id` with the right content.
 fn decode_frame(decompressor: &mut zstd::bulk::Decompressor, frame: &[u8], id: &Id, location: &Location) -> Result<Vec<u8>, String> {
     let capacity = TAR_BLOCK + location.plain_length as usize + TAR_BLOCK;
-    let entry = decompressor.decompress(frame, capacity).map_err(|e| format!("blob {id}: zstd: {e}"))?;
+    let entry = decompressor
+        .decompress(frame, capacity)
+        .map_err(|e| format!("blob {id}: decompressing its frame into the {capacity} bytes its index entry allows: {e}"))?;
     let expected = tar_header(id, location.kind, location.plain_length);
     let end = TAR_BLOCK + location.plain_length as usize;
     if entry.len() < end || entry[..TAR_BLOCK] != expected {
@@ -481,6 +532,10 @@ pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index
     let mut blobs: Vec<&(Id, Location)> = pack_index.iter().collect();
     blobs.sort_by_key(|(_, l)| l.offset);
     for (id, location) in blobs {
+        if let Err(detail) = check_bounds(&repo.config, id, location) {
+            problems.push(format!("pack {pack_id}: {detail}"));
+            continue;
+        }
         frame.resize(location.length as usize, 0);
         if let Err(e) = stream.read_at(location.offset, &mut frame) {
             problems.push(format!("pack {pack_id}: blob {id}: {e}"));

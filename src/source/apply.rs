@@ -232,8 +232,14 @@ fn timespecs(mtime_ns: i64) -> [libc::timespec; 2] {
     [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, mtime]
 }
 
+/// Whether `name` is one entry of a directory: not empty, `.` or `..`, and without `/` or NUL. The
+/// repository's tree rules (`repo::tree`) use the same test, so that what verifies also restores.
+pub fn is_safe_name(name: &[u8]) -> bool {
+    !(name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0))
+}
+
 fn safe_name(name: &[u8], context: &str) -> Result<CString, SourceError> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if !is_safe_name(name) {
         return Err(SourceError::UnsafeName { name: lossy(name), context: context.into() });
     }
     Ok(CString::new(name).expect("checked for NUL"))

@@ -2,6 +2,8 @@
 //! independent Python checker (tests/treecheck.py), which shares no code with stackvault.
 #![allow(dead_code)]
 
+pub mod craft;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
