@@ -123,12 +123,15 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
     let Plan { engine, sources: planned, skipped } = plan(config).await?;
+    let engine = engine.map(Arc::new);
 
     let handle = Handle::current();
     let recipients = config.encryption.recipients.clone();
     let hostname = crate::hostname();
     let config = config.clone();
+    let work_engine = engine.clone();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let engine = work_engine;
         let index = repo.load_index()?;
         let packer = Packer::start(&repo, recipients);
         let mut archiver = Archiver::new(&index, packer, repo.config.chunker.clone());
@@ -140,7 +143,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             let cache = FilesCache::load(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()), &index);
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
-            let (archived, route) = read_source(&handle, engine.as_ref(), &source, &cache, &reading, |events| archiver.archive(events, Some(&cache)))?;
+            let (archived, route) = read_source(&handle, engine.as_deref(), &source, &cache, &reading, |events| archiver.archive(events, Some(&cache)))?;
             routes.push(route);
             unchanged_files += archived.stats.unchanged_files;
             let mut in_force: Vec<String> = rules.iter().flat_map(|set| set.patterns.iter().map(move |p| format!("{}: {p}", set.origin))).collect();
@@ -171,6 +174,9 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     })
     .await
     .expect("backup thread panicked");
+    if let Some(engine) = &engine {
+        engine.finish().await;
+    }
     let (repo, sources, caches, unchanged_files, new_bytes, report, packs, routes, config) = archived?;
 
     let summary = Summary {
@@ -211,9 +217,12 @@ pub struct SourceScan {
 pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), Error> {
     let repo = crate::open_repository(config)?;
     let Plan { engine, sources, skipped } = plan(config).await?;
+    let engine = engine.map(Arc::new);
     let handle = Handle::current();
     let config = config.clone();
+    let work_engine = engine.clone();
     let scans = tokio::task::spawn_blocking(move || -> Result<Vec<SourceScan>, Error> {
+        let engine = work_engine;
         let index = repo.load_index()?;
         let mut scans = Vec::new();
         for source in &sources {
@@ -231,15 +240,18 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
                 unchanged_bytes: 0,
                 excluded: Vec::new(),
             };
-            let ((), route) = read_source(&handle, engine.as_ref(), source, &cache, &reading, |events| tally_scan(events, &mut scan))?;
+            let ((), route) = read_source(&handle, engine.as_deref(), source, &cache, &reading, |events| tally_scan(events, &mut scan))?;
             scan.route = route;
             scans.push(scan);
         }
         Ok(scans)
     })
     .await
-    .expect("dry-run thread panicked")?;
-    Ok((scans, skipped))
+    .expect("dry-run thread panicked");
+    if let Some(engine) = &engine {
+        engine.finish().await;
+    }
+    Ok((scans?, skipped))
 }
 
 /// Counts a metadata-only walk the way the archiver counts a real one (the root is not an entry).
@@ -352,7 +364,7 @@ fn read_mount<T>(
     });
     match result {
         // The tree ended with its end marker (an agent that fails says so in the stream instead): the
-        // helper is done, and the engine removes it as it exits.
+        // helper is done, and the engine removes it as it exits (the run waits for that at its end).
         Ok(consumed) => {
             helper.release();
             Ok(consumed)

@@ -55,6 +55,11 @@ impl Engine {
         Ok(Engine { docker, agent_image, owner, exchange, own })
     }
 
+    /// Ends the run's use of the engine: returns once every helper it started is gone.
+    pub async fn finish(&self) {
+        helper::wait_until_gone(&self.docker).await;
+    }
+
     pub fn agent_image(&self) -> &str {
         &self.agent_image
     }

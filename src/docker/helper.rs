@@ -42,6 +42,21 @@ pub async fn remove_live_helpers(docker: &Docker) {
     }
 }
 
+/// Waits until every helper this process started is gone: those released to the engine's
+/// auto-remove, mostly. One still there after a minute is removed by force.
+pub async fn wait_until_gone(docker: &Docker) {
+    let ids = std::mem::take(&mut *LIVE_HELPERS.lock().expect("helper registry"));
+    for id in ids {
+        let options = WaitContainerOptionsBuilder::default().condition("removed").build();
+        let mut removed = docker.wait_container(&id, Some(options));
+        // An error here is mostly "no such container": it is gone already.
+        if tokio::time::timeout(Duration::from_secs(60), removed.next()).await.is_err() {
+            let force = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = docker.remove_container(&id, Some(force)).await;
+        }
+    }
+}
+
 /// Keep the tail of a helper's stderr for error messages, not all of it.
 const STDERR_TAIL: usize = 16 << 10;
 
@@ -375,10 +390,10 @@ impl Helper {
         Ok(stderr)
     }
 
-    /// Leaves an auto-removed helper whose agent reported success to exit and go by itself: its
-    /// teardown (which syncs the host's filesystem) is not the run's to wait for.
+    /// Leaves an auto-removed helper whose agent reported success to exit and go by itself while the
+    /// run goes on; [`wait_until_gone`] at the end of the run makes sure it went (a helper that still
+    /// exists holds its volume: `docker volume rm` would fail).
     pub fn release(mut self) {
-        LIVE_HELPERS.lock().expect("helper registry").retain(|id| *id != self.id);
         self.finished = true;
     }
 
