@@ -54,7 +54,10 @@ pub fn write(root: &Path, replace: bool, link: Option<Link>) -> Result<(), Sourc
     output.write_all(text.as_bytes()).and_then(|()| output.flush()).map_err(SourceError::Stream)
 }
 
-fn channel(link: Option<Link>) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>), SourceError> {
+/// The agent's input and output: a socket's two directions, or stdin and stdout.
+type Channel = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+fn channel(link: Option<Link>) -> Result<Channel, SourceError> {
     match link {
         Some(Link { socket, token }) => {
             let mut stream = UnixStream::connect(socket).map_err(|e| SourceError::io(format!("connecting to {}", socket.display()), e))?;

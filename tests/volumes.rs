@@ -13,43 +13,43 @@ fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_
     let (project, volume, work, repo, config) = (&scene.project, &scene.volume, &scene.work, &scene.repo, &scene.config);
     let mountpoint = scene.mountpoint();
     manifest(&mountpoint, &work.join("state1.json"));
-    let out = ok(stackvault(&config).arg("backup"));
+    let out = ok(stackvault(config).arg("backup"));
     assert!(out.contains(&format!("Volume {volume}")), "{out}");
     let first_size = du(repo);
 
     scene.destroy();
     ok(stackvault(config).args(["restore", "latest"]));
-    let labels = docker(&["volume", "inspect", &volume, "-f", "{{index .Labels \"com.docker.compose.project\"}}"]);
+    let labels = docker(&["volume", "inspect", volume, "-f", "{{index .Labels \"com.docker.compose.project\"}}"]);
     assert_eq!(&labels, project, "the volume is recreated with its compose labels");
-    manifest(&volume_dir(&volume), &work.join("restored1.json"));
+    manifest(&volume_dir(volume), &work.join("restored1.json"));
     assert_same(&work.join("state1.json"), &work.join("restored1.json"));
 
     // One small file changes and 1 MiB is appended to the big one.
     let container = stack_container(project, volume);
-    let mutated = python("fixture.py", &[&"mutate", &volume_dir(&volume)]);
+    let mutated = python("fixture.py", &[&"mutate", &volume_dir(volume)]);
     assert!(mutated.status.success(), "mutate: {}", text(&mutated.stderr));
-    manifest(&volume_dir(&volume), &work.join("state2.json"));
-    ok(stackvault(&config).arg("backup"));
+    manifest(&volume_dir(volume), &work.join("state2.json"));
+    ok(stackvault(config).arg("backup"));
     let growth = du(repo) - first_size;
     assert!(growth * 100 < first_size, "the second backup grew the repository by {growth} bytes, over 1% of {first_size}");
 
     // Restore the second state over the first: refused without --force, exact with it.
-    let refused = run(stackvault(&config).args(["restore", "latest"]));
+    let refused = run(stackvault(config).args(["restore", "latest"]));
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("not empty"), "{}", text(&refused.stderr));
     docker(&["rm", "-f", &container]);
-    docker(&["volume", "rm", &volume]);
-    ok(stackvault(&config).args(["restore", "latest"]));
-    manifest(&volume_dir(&volume), &work.join("restored2.json"));
+    docker(&["volume", "rm", volume]);
+    ok(stackvault(config).args(["restore", "latest"]));
+    manifest(&volume_dir(volume), &work.join("restored2.json"));
     assert_same(&work.join("state2.json"), &work.join("restored2.json"));
 
     // The first snapshot is still whole, restorable by id next to the second.
-    let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(config).args(["snapshots", "--json"]))).unwrap();
     let first_id = snapshots[0]["id"].as_str().unwrap().to_string();
-    ok(stackvault(&config).args(["restore", &first_id[..12], "--to"]).arg(work.join("first")));
-    manifest(&work.join("first/volume").join(&volume), &work.join("first.json"));
+    ok(stackvault(config).args(["restore", &first_id[..12], "--to"]).arg(work.join("first")));
+    manifest(&work.join("first/volume").join(volume), &work.join("first.json"));
     assert_same(&work.join("state1.json"), &work.join("first.json"));
-    ok(stackvault(&config).args(["verify", "--read-data"]));
+    ok(stackvault(config).args(["verify", "--read-data"]));
 
     assert!(helpers_remaining(volume).is_empty(), "helpers left behind: {:?}", helpers_left(volume));
     scene.cleanup();
@@ -89,7 +89,7 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     let (volume, repo, config) = (&scene.volume, &scene.repo, &scene.config);
     let wait_for_helper = || {
         for _ in 0..200 {
-            if !helpers_left(&volume).is_empty() {
+            if !helpers_left(volume).is_empty() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -98,29 +98,29 @@ fn a_killed_backup_leaves_no_snapshot_and_no_helper_for_good() {
     };
 
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
-        let child = stackvault(&config).arg("backup").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let child = stackvault(config).arg("backup").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         wait_for_helper();
         std::thread::sleep(std::time::Duration::from_millis(300));
         ok(std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(code), "SIG{signal}: stdout: {} stderr: {}", text(&out.stdout), text(&out.stderr));
         assert!(text(&out.stderr).contains("no snapshot was written"), "{}", text(&out.stderr));
-        assert_eq!(snapshot_count(&repo), 0, "SIG{signal} left a snapshot");
-        assert!(helpers_left(&volume).is_empty(), "SIG{signal} left helpers: {:?}", helpers_left(&volume));
+        assert_eq!(snapshot_count(repo), 0, "SIG{signal} left a snapshot");
+        assert!(helpers_left(volume).is_empty(), "SIG{signal} left helpers: {:?}", helpers_left(volume));
     }
 
     // SIGKILL gives no chance to clean up. Five in quick succession: each run removes the helpers of
     // the dead ones at once (their owner process is gone), and the run after them leaves none at all.
     for _ in 0..5 {
-        let mut child = stackvault(&config).arg("backup").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = stackvault(config).arg("backup").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
         wait_for_owned_helper(child.id());
         child.kill().unwrap();
         assert!(!child.wait().unwrap().success());
     }
-    assert_eq!(snapshot_count(&repo), 0, "SIGKILL left a snapshot");
-    ok(stackvault(&config).arg("backup"));
-    assert_eq!(snapshot_count(&repo), 1);
-    assert!(helpers_remaining(&volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(&volume));
+    assert_eq!(snapshot_count(repo), 0, "SIGKILL left a snapshot");
+    ok(stackvault(config).arg("backup"));
+    assert_eq!(snapshot_count(repo), 1);
+    assert!(helpers_remaining(volume).is_empty(), "helpers left after the next run: {:?}", helpers_left(volume));
     ok(stackvault(config).args(["verify", "--read-data"]));
     scene.cleanup();
 }
@@ -150,10 +150,10 @@ fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
     let (work, config, mountpoint) = (&scene.work, &scene.config, scene.mountpoint());
     // Its own files cache, to start without one and to lose it on purpose.
     std::fs::write(config, format!("{}cache_dir: {}\n", std::fs::read_to_string(config).unwrap(), work.join("cache").display())).unwrap();
-    ok(stackvault(&config).arg("backup"));
-    assert_eq!(last_summary(&config)["unchanged_files"], 0);
-    ok(stackvault(&config).arg("backup"));
-    let quiet = last_summary(&config);
+    ok(stackvault(config).arg("backup"));
+    assert_eq!(last_summary(config)["unchanged_files"], 0);
+    ok(stackvault(config).arg("backup"));
+    let quiet = last_summary(config);
     assert!(quiet["unchanged_files"].as_u64().unwrap() >= 300, "{quiet}");
     assert_eq!(quiet["new_bytes"], 0, "{quiet}");
 
@@ -167,15 +167,15 @@ fn an_unchanged_volume_is_not_read_again_but_every_changed_file_is() {
     ok(std::process::Command::new("python3").args(["-c", &format!("import os; os.utime({:?}, ns=({mtime}, {mtime}))", victim.display().to_string())]));
     assert_eq!(std::fs::symlink_metadata(&victim).unwrap().len(), before.len());
     manifest(&mountpoint, &work.join("changed.json"));
-    ok(stackvault(&config).arg("backup"));
-    assert!(last_summary(&config)["new_bytes"].as_u64().unwrap() > 0, "the changed file was not read");
-    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("out")));
+    ok(stackvault(config).arg("backup"));
+    assert!(last_summary(config)["new_bytes"].as_u64().unwrap() > 0, "the changed file was not read");
+    ok(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("out")));
     manifest(&work.join("out/volume").join(&scene.volume), &work.join("restored.json"));
     assert_same(&work.join("changed.json"), &work.join("restored.json"));
 
     std::fs::remove_dir_all(work.join("cache")).unwrap();
-    ok(stackvault(&config).arg("backup"));
-    let cold = last_summary(&config);
+    ok(stackvault(config).arg("backup"));
+    let cold = last_summary(config);
     assert_eq!(cold["unchanged_files"], 0, "{cold}");
     assert_eq!(cold["new_bytes"], 0, "{cold}");
     scene.cleanup();

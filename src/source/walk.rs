@@ -186,7 +186,10 @@ impl Walker<'_> {
     }
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SourceError> {
+/// Extended attributes as (name, value) pairs, sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn read_xattrs(path: &Path) -> Result<Xattrs, SourceError> {
     let names = match xattr::list(path) {
         Ok(names) => names,
         // Filesystems without xattr support have none to keep.

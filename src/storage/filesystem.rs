@@ -24,7 +24,7 @@ impl FilesystemStorage {
         if !md.is_dir() {
             return Err(StorageError::Io {
                 location: root.display().to_string(),
-                source: io::Error::new(io::ErrorKind::Other, "not a directory"),
+                source: io::Error::other("not a directory"),
             });
         }
         let storage = FilesystemStorage { root: root.to_path_buf() };
