@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::exclude::Rules;
-use crate::source::{apply, walk, SourceError};
+use crate::source::{apply, walk, SourceError, Stamp};
 
 /// Where the sidecar listens, and the token that proves this agent is the helper it started.
 pub struct Link<'a> {
@@ -18,20 +18,54 @@ pub struct Link<'a> {
     pub token: &'a str,
 }
 
-/// Reads the stamps of the files the engine already has, then streams the tree at `root`, sending
+/// Reads the stamps of the files the engine already has along the walk, and streams the tree at `root`, sending
 /// unchanged files as `Reused` and leaving out what `rules` exclude (without content on a dry run). On failure the stream carries an error frame, so the reader learns why
 /// rather than seeing a truncated stream.
 pub fn read(root: &Path, rules: &Rules, read_content: bool, link: Option<Link>) -> Result<(), SourceError> {
     let (input, output) = channel(link)?;
-    let known = EventReader::new(BufReader::new(input)).read_stamps()?;
+    let mut stamps = Stamps { input: EventReader::new(BufReader::new(input)), ahead: None, ended: false };
     let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, output));
     let options = walk::WalkOptions { rules, read_content };
-    let result = walk::walk(root, &|path| known.get(path).copied(), &options, &mut |event| out.write(&event).map_err(SourceError::Stream));
+    let result = walk::walk(root, &mut |path| stamps.find(path), &options, &mut |event| out.write(&event).map_err(SourceError::Stream));
     match result {
         Ok(()) => out.flush().map_err(SourceError::Stream),
         Err(e) => {
             let _ = out.write_error(&e.to_string()).and_then(|_| out.flush());
             Err(e)
+        }
+    }
+}
+
+/// The stamps the sidecar sends, read along the walk: both are in walk order, so each is read once.
+struct Stamps<R: Read> {
+    input: EventReader<R>,
+    ahead: Option<(Vec<u8>, Stamp)>,
+    ended: bool,
+}
+
+impl<R: Read> Stamps<R> {
+    fn find(&mut self, path: &[u8]) -> Option<Stamp> {
+        loop {
+            let (known, stamp) = match self.ahead.take() {
+                Some(next) => next,
+                None if self.ended => return None,
+                // A stream that breaks off only means the rest is read, not reused.
+                None => match self.input.next_stamp() {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => {
+                        self.ended = true;
+                        return None;
+                    }
+                },
+            };
+            match walk::walk_order(&known, path) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => return Some(stamp),
+                std::cmp::Ordering::Greater => {
+                    self.ahead = Some((known, stamp));
+                    return None;
+                }
+            }
         }
     }
 }

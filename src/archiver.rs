@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::cache::{CachedFile, FilesCache};
+use crate::cache::{CacheCursor, CacheWriter, CachedFile};
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
 use crate::repo::pack::{Packer, ENTRY_HEADER};
 use crate::repo::tree::{MAX_DEPTH, MAX_TREE_SIZE};
@@ -33,10 +33,29 @@ pub struct Archived {
     /// The root directory, as a node whose subtree holds the rest.
     pub root: Node,
     pub stats: TreeStats,
-    /// Every regular file with its stamp and content, for the next run's files cache.
-    pub files: Vec<CachedFile>,
     /// What the walk's rules left out.
     pub excluded: Vec<Excluded>,
+}
+
+/// The files cache on both sides of a run: the last snapshot's, read along (in walk order) for the
+/// files the agent reused, and the next one's, written along.
+#[derive(Default)]
+pub struct CacheLink<'c, 'i> {
+    pub previous: Option<&'c mut CacheCursor<'i>>,
+    pub next: Option<&'c mut CacheWriter>,
+    /// Why the next cache could not be written: it then is not kept (speed lost, nothing else).
+    pub failed: Option<std::io::Error>,
+}
+
+impl CacheLink<'_, '_> {
+    fn record(&mut self, file: CachedFile) {
+        if let Some(next) = self.next.as_mut() {
+            if let Err(e) = next.add(&file) {
+                self.failed = Some(e);
+                self.next = None;
+            }
+        }
+    }
 }
 
 pub struct Archiver<'a> {
@@ -57,15 +76,14 @@ impl<'a> Archiver<'a> {
     }
 
     /// Consumes one whole tree: a directory with everything below it, or a single regular file (a
-    /// bind-mounted file), which is then the root node itself. `previous` is the source's files cache:
-    /// a `Reused` file takes its content from there.
-    pub fn archive(&mut self, source: &mut dyn EventSource, previous: Option<&FilesCache>) -> Result<Archived, ArchiveError> {
+    /// bind-mounted file), which is then the root node itself. A `Reused` file takes its content from
+    /// the last snapshot's files cache; every file goes into the next one's.
+    pub fn archive(&mut self, source: &mut dyn EventSource, cache: &mut CacheLink) -> Result<Archived, ArchiveError> {
         let mut stats = TreeStats::default();
-        let mut files = Vec::new();
         let root = match source.next_event()? {
-            Event::Dir(meta) => self.directory(source, meta, previous, &mut stats, &mut files)?,
-            Event::File(meta) => self.file(source, &[], meta, &mut stats, &mut files)?,
-            Event::Reused(meta) => self.reused(previous, &[], meta, &mut stats, &mut files)?,
+            Event::Dir(meta) => self.directory(source, meta, cache, &mut stats)?,
+            Event::File(meta) => self.file(source, &[], meta, &mut stats, cache)?,
+            Event::Reused(meta) => self.reused(cache, &[], meta, &mut stats)?,
             other => return Err(SourceError::Malformed(format!("a tree must start with its root directory or file, not {other:?}")).into()),
         };
         let mut next = source.next_event()?;
@@ -75,7 +93,7 @@ impl<'a> Archiver<'a> {
             next = source.next_event()?;
         }
         match next {
-            Event::End => Ok(Archived { root, stats, files, excluded }),
+            Event::End => Ok(Archived { root, stats, excluded }),
             other => Err(SourceError::Malformed(format!("expected the end of the tree, got {other:?}")).into()),
         }
     }
@@ -85,9 +103,8 @@ impl<'a> Archiver<'a> {
         &mut self,
         source: &mut dyn EventSource,
         root_meta: Meta,
-        previous: Option<&FilesCache>,
+        cache: &mut CacheLink,
         stats: &mut TreeStats,
-        files: &mut Vec<CachedFile>,
     ) -> Result<Node, ArchiveError> {
         let mut open: Vec<(Meta, Vec<Node>)> = vec![(root_meta, Vec::new())];
         // The open directory's path below the root, and where each open level's name starts in it.
@@ -130,8 +147,8 @@ impl<'a> Archiver<'a> {
                     dir_path.truncate(dir_starts.pop().expect("a directory below the root is open"));
                     node
                 }
-                Event::File(meta) => self.file(source, &dir_path, meta, stats, files)?,
-                Event::Reused(meta) => self.reused(previous, &dir_path, meta, stats, files)?,
+                Event::File(meta) => self.file(source, &dir_path, meta, stats, cache)?,
+                Event::Reused(meta) => self.reused(cache, &dir_path, meta, stats)?,
                 Event::Leaf(meta) => node_from(meta, Vec::new(), None),
                 other => return Err(SourceError::Malformed(format!("unexpected {other:?} in a directory")).into()),
             };
@@ -141,20 +158,21 @@ impl<'a> Archiver<'a> {
     }
 
     /// A file whose content follows as `Data` events.
-    fn file(&mut self, source: &mut dyn EventSource, dir: &[u8], meta: Meta, stats: &mut TreeStats, files: &mut Vec<CachedFile>) -> Result<Node, ArchiveError> {
+    fn file(&mut self, source: &mut dyn EventSource, dir: &[u8], meta: Meta, stats: &mut TreeStats, cache: &mut CacheLink) -> Result<Node, ArchiveError> {
         let (content, size) = self.file_content(source)?;
         stats.bytes += size;
         let mut node = node_from(meta.clone(), content, None);
         // What was read is what the snapshot holds, even if the file changed meanwhile.
         node.size = size;
-        files.push(cached(dir, &meta, &node));
+        cache.record(cached(dir, &meta, &node));
         Ok(node)
     }
 
     /// A file the agent did not read because the files cache has it unchanged.
-    fn reused(&mut self, previous: Option<&FilesCache>, dir: &[u8], meta: Meta, stats: &mut TreeStats, files: &mut Vec<CachedFile>) -> Result<Node, ArchiveError> {
+    fn reused(&mut self, cache: &mut CacheLink, dir: &[u8], meta: Meta, stats: &mut TreeStats) -> Result<Node, ArchiveError> {
         let path = join(dir, &meta.name);
-        let content = previous.and_then(|p| p.content(&path)).map(<[Id]>::to_vec).ok_or_else(|| {
+        let found = cache.previous.as_mut().and_then(|p| p.find(&path)).map(|f| f.content.clone());
+        let content = found.ok_or_else(|| {
             SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
         })?;
         for id in &content {
@@ -165,7 +183,7 @@ impl<'a> Archiver<'a> {
         stats.bytes += meta.size;
         stats.unchanged_files += 1;
         let node = node_from(meta.clone(), content, None);
-        files.push(cached(dir, &meta, &node));
+        cache.record(cached(dir, &meta, &node));
         Ok(node)
     }
 
@@ -279,7 +297,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 fn cached(dir: &[u8], meta: &Meta, node: &Node) -> CachedFile {
     let stamp = Stamp { size: node.size, ..meta.stamp() };
-    CachedFile { path: hex::encode(join(dir, &meta.name)), stamp, content: node.content.clone() }
+    CachedFile { path: join(dir, &meta.name), stamp, content: node.content.clone() }
 }
 
 pub fn node_from(meta: Meta, content: Vec<Id>, subtree: Option<Id>) -> Node {
@@ -468,7 +486,7 @@ mod tests {
         events.push(Event::DirEnd);
         let index = Index::default();
         let mut archiver = Archiver::new(&index, Packer::start(&repo, Vec::new()), params.clone());
-        let root = archiver.archive(&mut Events(events.into_iter()), None).unwrap().root;
+        let root = archiver.archive(&mut Events(events.into_iter()), &mut CacheLink::default()).unwrap().root;
         archiver.finish().unwrap();
 
         let index = repo.load_index().unwrap();

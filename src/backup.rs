@@ -10,15 +10,15 @@ use std::time::Instant;
 use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
-use crate::archiver::{ArchiveError, Archiver};
-use crate::cache::FilesCache;
+use crate::archiver::{ArchiveError, Archiver, CacheLink};
+use crate::cache::{CacheCursor, FilesCache};
 use crate::config::Config;
 use crate::docker::discover::{discover, MountSource};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::pack::Packer;
-use crate::repo::{Id, RepoError, Repository, Snapshot, FORMAT_VERSION};
+use crate::repo::{Id, Index, RepoError, Repository, Snapshot, FORMAT_VERSION};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
@@ -140,10 +140,20 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
         for source in planned {
-            let cache = FilesCache::load(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()), &index);
+            let cache = FilesCache::new(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()));
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
-            let (archived, route) = read_source(&handle, engine.as_deref(), &source, &cache, &reading, |events| archiver.archive(events, Some(&cache)))?;
+            let mut previous = cache.cursor(&index);
+            let (mut next, mut cache_failed) = match cache.writer() {
+                Ok(writer) => (Some(writer), None),
+                Err(e) => (None, Some(e)),
+            };
+            let consume = |events: &mut dyn EventSource| {
+                let mut link = CacheLink { previous: Some(&mut previous), next: next.as_mut(), failed: None };
+                archiver.archive(events, &mut link).map(|archived| (archived, link.failed))
+            };
+            let ((archived, failed), route) = read_source(&handle, engine.as_deref(), &source, &cache, &index, &reading, consume)?;
+            cache_failed = cache_failed.or(failed);
             routes.push(route);
             unchanged_files += archived.stats.unchanged_files;
             let mut in_force: Vec<String> = rules.iter().flat_map(|set| set.patterns.iter().map(move |p| format!("{}: {p}", set.origin))).collect();
@@ -166,7 +176,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                 exclude_rules: in_force,
                 excluded: archived.excluded,
             });
-            caches.push((cache, archived.files));
+            caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
         let new_bytes = archiver.new_bytes;
         let (report, packs) = archiver.finish()?;
@@ -193,7 +203,8 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     // Only now: the cache describes what a snapshot holds.
     let warnings = caches
         .into_iter()
-        .filter_map(|(cache, files)| cache.save(files).err().map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display())))
+        .filter_map(|(writer, failed)| failed.map_or_else(|| writer.and_then(|w| w.commit().err()), Some))
+        .map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display()))
         .collect();
     Ok(BackupOutcome { id, snapshot, skipped, warnings, routes })
 }
@@ -226,7 +237,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
         let index = repo.load_index()?;
         let mut scans = Vec::new();
         for source in &sources {
-            let cache = FilesCache::load(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()), &index);
+            let cache = FilesCache::new(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()));
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: false };
             let mut scan = SourceScan {
@@ -240,7 +251,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
                 unchanged_bytes: 0,
                 excluded: Vec::new(),
             };
-            let ((), route) = read_source(&handle, engine.as_deref(), source, &cache, &reading, |events| tally_scan(events, &mut scan))?;
+            let ((), route) = read_source(&handle, engine.as_deref(), source, &cache, &index, &reading, |events| tally_scan(events, &mut scan))?;
             scan.route = route;
             scans.push(scan);
         }
@@ -298,6 +309,7 @@ fn read_source<T>(
     engine: Option<&Engine>,
     source: &Planned,
     cache: &FilesCache,
+    index: &Index,
     reading: &Reading,
     consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
 ) -> Result<(T, String), Error> {
@@ -315,8 +327,8 @@ fn read_source<T>(
         let (tx, rx) = sync_channel(16);
         let consumed = std::thread::scope(|scope| {
             scope.spawn(|| {
-                let known = |p: &[u8]| cache.stamp(p);
-                let result = walk::walk(&path, &known, &options, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
+                let mut stamps = cache.cursor(index);
+                let result = walk::walk(&path, &mut |p| stamps.find(p).map(|f| f.stamp), &options, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
                 if let Err(e) = result {
                     let _ = tx.send(Err(e));
                 }
@@ -327,7 +339,7 @@ fn read_source<T>(
     }
     let (Planned::Mount(mount), Some(engine)) = (source, engine) else { unreachable!("only mounts come without a local path") };
     let route = format!("through a helper, {}", engine.route());
-    read_mount(handle, engine, mount, &shown, cache, reading, consume).map(|t| (t, route))
+    read_mount(handle, engine, mount, &shown, cache.cursor(index), reading, consume).map(|t| (t, route))
 }
 
 /// Reads a volume or bind mount through a helper that runs the agent with the source mounted read-only:
@@ -338,7 +350,7 @@ fn read_mount<T>(
     engine: &Engine,
     mount: &MountSource,
     shown: &str,
-    cache: &FilesCache,
+    mut stamps: CacheCursor,
     reading: &Reading,
     consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
 ) -> Result<T, Error> {
@@ -358,8 +370,10 @@ fn read_mount<T>(
     let (helper, io) = handle.block_on(Helper::start(engine, spec))?;
     let (reader, writer) = (io.reader, io.writer);
     let result = std::thread::scope(|scope| {
-        // A separate thread, so that a large stamp list can never wait on a tree nobody reads.
-        scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(cache.stamps()));
+        // A separate thread, so that the stamps (streamed in walk order, as the agent reads them along its
+        // walk) and the tree flow at the same time.
+        let stamps = std::iter::from_fn(move || stamps.next_entry()).map(|f| (f.path, f.stamp));
+        scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(stamps));
         consume(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)))
     });
     match result {

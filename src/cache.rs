@@ -2,84 +2,245 @@
 //! last snapshot, kept on the sidecar's own disk. With it the next run reads only files whose stamp
 //! changed. It cannot live in the repository: trees are encrypted and the sidecar holds no identity.
 //! Losing it costs one full read, never correctness: every entry is checked against the index first.
+//!
+//! It is a stream, never held whole: records in walk order (depth first, names sorted by their
+//! bytes: [`walk_order`]), written while a source is archived and read back, next time, alongside
+//! the walk by merging (a [`CacheCursor`] per reader). Memory stays the same for 100 files or 10
+//! million. Record: path (u32 LE length, bytes), size u64, mtime_ns i64, ctime_ns i64, inode u64,
+//! blob count u32, then the 32-byte ids; the whole zstd-compressed, after a magic line.
 
-use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::repo::{Id, Index};
+use crate::source::walk::walk_order;
 use crate::source::Stamp;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The first bytes of a cache file of this layout; any other file is taken for an empty cache.
+const MAGIC: &[u8; 16] = b"stackvault-fc-2\n";
+/// A path longer than this is no path a walk produced: the file is damaged.
+const MAX_PATH: usize = 1 << 16;
+/// Likewise for a file's blob count (a 16 TiB file at 64 KiB chunks has 2^28).
+const MAX_BLOBS: usize = 1 << 28;
+
+/// One regular file of the last snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
-    /// Path below the source's root, `/`-separated, hex (names are bytes).
-    pub path: String,
+    /// Path below the source's root, `/`-separated, raw bytes (empty for a single-file source).
+    pub path: Vec<u8>,
     pub stamp: Stamp,
     pub content: Vec<Id>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    files: Vec<CachedFile>,
-}
-
-const CACHE_VERSION: u32 = 1;
-
 /// The cache of one source of one repository.
 pub struct FilesCache {
     path: PathBuf,
-    files: HashMap<Vec<u8>, (Stamp, Vec<Id>)>,
 }
 
 impl FilesCache {
     /// Where the cache of `source` (e.g. `volume:demo_db`) of repository `repo_id` lives below `dir`.
     pub fn path(dir: &Path, repo_id: &str, source: &str) -> PathBuf {
-        dir.join(repo_id).join(format!("{}.json.zst", &blake3::hash(source.as_bytes()).to_hex()[..32]))
+        dir.join(repo_id).join(format!("{}.files.zst", &blake3::hash(source.as_bytes()).to_hex()[..32]))
     }
 
-    /// Loads the cache, keeping only entries whose every blob the index still has. A missing or
-    /// unreadable cache is an empty one.
-    pub fn load(path: PathBuf, index: &Index) -> Self {
-        let files = std::fs::File::open(&path)
-            .ok()
-            .and_then(|f| zstd::stream::read::Decoder::new(f).ok())
-            .and_then(|d| serde_json::from_reader::<_, CacheFile>(BufReader::new(d)).ok())
-            .filter(|c| c.version == CACHE_VERSION)
-            .map(|c| c.files)
-            .unwrap_or_default();
-        let files = files
-            .into_iter()
-            .filter(|f| f.content.iter().all(|id| index.contains(id)))
-            .filter_map(|f| Some((hex::decode(&f.path).ok()?, (f.stamp, f.content))))
-            .collect();
-        FilesCache { path, files }
+    pub fn new(path: PathBuf) -> Self {
+        FilesCache { path }
     }
 
-    pub fn stamps(&self) -> impl Iterator<Item = (&[u8], &Stamp)> {
-        self.files.iter().map(|(p, (s, _))| (p.as_slice(), s))
+    /// A reader over the cache, from its start. Entries whose blobs the index lacks are skipped; a
+    /// missing or unreadable cache reads as empty.
+    pub fn cursor<'i>(&self, index: &'i Index) -> CacheCursor<'i> {
+        let input = File::open(&self.path).ok().and_then(|f| {
+            let mut magic = [0u8; MAGIC.len()];
+            let mut decoder = zstd::stream::read::Decoder::new(f).ok()?;
+            decoder.read_exact(&mut magic).ok().filter(|()| magic == *MAGIC)?;
+            Some(BufReader::with_capacity(256 << 10, decoder))
+        });
+        CacheCursor { input, index, ahead: None }
     }
 
-    pub fn stamp(&self, path: &[u8]) -> Option<Stamp> {
-        self.files.get(path).map(|(s, _)| *s)
-    }
-
-    pub fn content(&self, path: &[u8]) -> Option<&[Id]> {
-        self.files.get(path).map(|(_, c)| c.as_slice())
-    }
-
-    /// Replaces the cache with the files of the snapshot just written (write to a temporary name, then
-    /// rename). Failing to write a cache only costs speed next time, so the error is the caller's to
-    /// report as a warning.
-    pub fn save(&self, files: Vec<CachedFile>) -> std::io::Result<()> {
+    /// A writer for the next run's cache, at a temporary name until [`CacheWriter::commit`].
+    pub fn writer(&self) -> io::Result<CacheWriter> {
         let dir = self.path.parent().expect("cache paths have a parent");
         std::fs::create_dir_all(dir)?;
-        let tmp = self.path.with_extension("tmp");
-        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(std::fs::File::create(&tmp)?), 3)?;
-        serde_json::to_writer(&mut encoder, &CacheFile { version: CACHE_VERSION, files })?;
-        encoder.finish()?.flush()?;
-        std::fs::rename(&tmp, &self.path)
+        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(&tmp)?), 3)?;
+        encoder.write_all(MAGIC)?;
+        Ok(CacheWriter { encoder: Some(encoder), tmp, path: self.path.clone() })
+    }
+}
+
+/// Reads a cache forward, in walk order.
+pub struct CacheCursor<'i> {
+    input: Option<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
+    index: &'i Index,
+    /// The next entry, read but not yet passed.
+    ahead: Option<CachedFile>,
+}
+
+impl CacheCursor<'_> {
+    /// The next usable entry, or None at the end.
+    pub fn next_entry(&mut self) -> Option<CachedFile> {
+        if let Some(entry) = self.ahead.take() {
+            return Some(entry);
+        }
+        loop {
+            let input = self.input.as_mut()?;
+            match read_record(input) {
+                Ok(Some(entry)) if entry.content.iter().all(|id| self.index.contains(id)) => return Some(entry),
+                Ok(Some(_)) => continue,
+                // The end, or a damaged tail: what came before stays usable.
+                Ok(None) | Err(_) => {
+                    self.input = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The entry for `path`, if the cache has one. Paths must be asked for in walk order: entries
+    /// before `path` are passed for good.
+    pub fn find(&mut self, path: &[u8]) -> Option<&CachedFile> {
+        loop {
+            let entry = self.next_entry()?;
+            match walk_order(&entry.path, path) {
+                Ordering::Less => continue,
+                _ => {
+                    let hit = entry.path == path;
+                    let entry = self.ahead.insert(entry);
+                    return hit.then_some(&*entry);
+                }
+            }
+        }
+    }
+}
+
+fn read_record(input: &mut impl Read) -> io::Result<Option<CachedFile>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("files cache: {what}"));
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_PATH {
+        return Err(bad("a path longer than any walk makes"));
+    }
+    let mut path = vec![0u8; len];
+    input.read_exact(&mut path)?;
+    let mut fixed = [0u8; 36];
+    input.read_exact(&mut fixed)?;
+    let field = |i: usize| u64::from_le_bytes(fixed[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let stamp = Stamp { size: field(0), mtime_ns: field(1) as i64, ctime_ns: field(2) as i64, ino: field(3) };
+    let count = u32::from_le_bytes(fixed[32..36].try_into().expect("4 bytes")) as usize;
+    if count > MAX_BLOBS {
+        return Err(bad("more blobs than any file has"));
+    }
+    let mut content = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let mut id = [0u8; 32];
+        input.read_exact(&mut id)?;
+        content.push(Id(id));
+    }
+    Ok(Some(CachedFile { path, stamp, content }))
+}
+
+/// Writes the next run's cache as a source is archived. Dropped without `commit`, it leaves nothing.
+pub struct CacheWriter {
+    encoder: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl CacheWriter {
+    /// Adds the next file, in walk order.
+    pub fn add(&mut self, file: &CachedFile) -> io::Result<()> {
+        let out = self.encoder.as_mut().expect("not committed");
+        out.write_all(&(file.path.len() as u32).to_le_bytes())?;
+        out.write_all(&file.path)?;
+        let Stamp { size, mtime_ns, ctime_ns, ino } = file.stamp;
+        for v in [size, mtime_ns as u64, ctime_ns as u64, ino] {
+            out.write_all(&v.to_le_bytes())?;
+        }
+        out.write_all(&(file.content.len() as u32).to_le_bytes())?;
+        for id in &file.content {
+            out.write_all(&id.0)?;
+        }
+        Ok(())
+    }
+
+    /// Makes this the source's cache (temporary name, then rename). Called once the snapshot that the
+    /// cache describes is stored.
+    pub fn commit(mut self) -> io::Result<()> {
+        let encoder = self.encoder.take().expect("committed once");
+        encoder.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        if self.encoder.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_is_the_walkers_order() {
+        let mut paths: Vec<&[u8]> = vec![b"a.txt", b"a/b", b"a", b"a/b/c", b"a-b", b"b", b"a/a"];
+        paths.sort_by(|x, y| walk_order(x, y));
+        assert_eq!(paths, vec![&b"a"[..], b"a/a", b"a/b", b"a/b/c", b"a-b", b"a.txt", b"b"]);
+    }
+
+    #[test]
+    fn a_cache_streams_back_in_order_and_skips_what_the_index_lacks() {
+        let dir = std::env::temp_dir().join(format!("sv-cache-{}", std::process::id()));
+        let cache = FilesCache::new(dir.join("repo").join("c.files.zst"));
+        let present = Id::of(b"present");
+        let mut index = Index::default();
+        index.add(&crate::repo::format::PackIndex {
+            version: 1,
+            pack: Id::of(b"pack"),
+            size: 1,
+            blobs: vec![crate::repo::format::PackedBlob { id: present, kind: crate::repo::BlobKind::Data, offset: 0, length: 1, plain_length: 1 }],
+        });
+        let stamp = |n| Stamp { size: n, mtime_ns: -(n as i64), ctime_ns: 3, ino: 4 };
+        let files = [
+            CachedFile { path: b"a/x".to_vec(), stamp: stamp(1), content: vec![present] },
+            CachedFile { path: b"a/y".to_vec(), stamp: stamp(2), content: vec![Id::of(b"gone")] },
+            CachedFile { path: b"b\xff".to_vec(), stamp: stamp(3), content: vec![] },
+        ];
+        let mut writer = cache.writer().unwrap();
+        for f in &files {
+            writer.add(f).unwrap();
+        }
+        drop(writer);
+        assert!(cache.cursor(&index).next_entry().is_none(), "an uncommitted cache is no cache");
+        let mut writer = cache.writer().unwrap();
+        for f in &files {
+            writer.add(f).unwrap();
+        }
+        writer.commit().unwrap();
+
+        let mut cursor = cache.cursor(&index);
+        assert_eq!(cursor.find(b"a/x"), Some(&files[0]));
+        assert_eq!(cursor.find(b"a/y"), None, "its blob is gone from the index");
+        assert_eq!(cursor.find(b"a/z"), None);
+        assert_eq!(cursor.find(b"b\xff"), Some(&files[2]));
+        assert_eq!(cursor.find(b"c"), None);
+        let all: Vec<_> = std::iter::from_fn({
+            let mut c = cache.cursor(&index);
+            move || c.next_entry()
+        })
+        .collect();
+        assert_eq!(all, vec![files[0].clone(), files[2].clone()]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

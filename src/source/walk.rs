@@ -28,7 +28,7 @@ pub struct WalkOptions<'r> {
 /// stamp as now is not read: it becomes `Reused`. An excluded entry is never opened, nor sent.
 pub fn walk(
     root: &Path,
-    known: &dyn Fn(&[u8]) -> Option<Stamp>,
+    known: &mut dyn FnMut(&[u8]) -> Option<Stamp>,
     options: &WalkOptions,
     emit: &mut dyn FnMut(Event) -> Result<(), SourceError>,
 ) -> Result<(), SourceError> {
@@ -36,7 +36,7 @@ pub fn walk(
     let mut walker = Walker { root: root.to_path_buf(), known, options, tally: Tally::default(), first_names: HashMap::new() };
     if md.is_file() {
         let meta = walker.meta(root, Vec::new(), &md)?;
-        if known(b"") == Some(meta.stamp()) {
+        if (walker.known)(b"") == Some(meta.stamp()) {
             emit(Event::Reused(meta))?;
         } else {
             walker.file(root, meta, emit)?;
@@ -57,9 +57,16 @@ pub fn walk(
     emit(Event::End)
 }
 
+/// The order in which a walk meets paths (relative, `/`-separated): component by component, by
+/// bytes, a directory's entries right after it (`a/b` before `a.txt`, though `.` sorts before `/`).
+pub fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
 struct Walker<'k> {
     root: PathBuf,
-    known: &'k dyn Fn(&[u8]) -> Option<Stamp>,
+    /// Asked for each regular file's path, in walk order ([`walk_order`]).
+    known: &'k mut dyn FnMut(&[u8]) -> Option<Stamp>,
     options: &'k WalkOptions<'k>,
     tally: Tally,
     /// (device, inode) of multiply-linked files already emitted, with the path of their first name.

@@ -6,7 +6,6 @@
 
 use std::io::{self, Read, Write};
 
-use std::collections::HashMap;
 
 use super::exclude::Excluded;
 use super::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
@@ -74,8 +73,9 @@ impl<W: Write> EventWriter<W> {
         }
     }
 
-    /// The stamps of the files the engine knows, then an end marker (see [`EventReader::read_stamps`]).
-    pub fn write_stamps<'s>(&mut self, stamps: impl Iterator<Item = (&'s [u8], &'s Stamp)>) -> io::Result<()> {
+    /// The stamps of the files the engine knows, in walk order, then an end marker (see
+    /// [`EventReader::next_stamp`]).
+    pub fn write_stamps(&mut self, stamps: impl Iterator<Item = (Vec<u8>, Stamp)>) -> io::Result<()> {
         let mut buf = Vec::new();
         for (path, stamp) in stamps {
             buf.clear();
@@ -83,7 +83,7 @@ impl<W: Write> EventWriter<W> {
             buf.extend_from_slice(&stamp.mtime_ns.to_le_bytes());
             buf.extend_from_slice(&stamp.ctime_ns.to_le_bytes());
             buf.extend_from_slice(&stamp.ino.to_le_bytes());
-            buf.extend_from_slice(path);
+            buf.extend_from_slice(&path);
             self.frame(TAG_STAMP, &buf)?;
         }
         self.frame(TAG_END, &[])?;
@@ -205,19 +205,17 @@ impl<R: Read> EventReader<R> {
         EventReader { input }
     }
 
-    /// Reads the stamps [`EventWriter::write_stamps`] wrote, up to their end marker.
-    pub fn read_stamps(&mut self) -> Result<HashMap<Vec<u8>, Stamp>, SourceError> {
-        let mut stamps = HashMap::new();
-        loop {
-            match self.read_frame()? {
-                (TAG_END, _) => return Ok(stamps),
-                (TAG_STAMP, payload) if payload.len() >= 32 => {
-                    let field = |i: usize| u64::from_le_bytes(payload[i * 8..i * 8 + 8].try_into().unwrap());
-                    let stamp = Stamp { size: field(0), mtime_ns: field(1) as i64, ctime_ns: field(2) as i64, ino: field(3) };
-                    stamps.insert(payload[32..].to_vec(), stamp);
-                }
-                (tag, _) => return Err(SourceError::Malformed(format!("expected a stamp, got frame tag {tag:#04x}"))),
+    /// The next stamp [`EventWriter::write_stamps`] wrote, or None at their end marker. Read one at a
+    /// time, along the walk, so that the agent never holds them all.
+    pub fn next_stamp(&mut self) -> Result<Option<(Vec<u8>, Stamp)>, SourceError> {
+        match self.read_frame()? {
+            (TAG_END, _) => Ok(None),
+            (TAG_STAMP, payload) if payload.len() >= 32 => {
+                let field = |i: usize| u64::from_le_bytes(payload[i * 8..i * 8 + 8].try_into().unwrap());
+                let stamp = Stamp { size: field(0), mtime_ns: field(1) as i64, ctime_ns: field(2) as i64, ino: field(3) };
+                Ok(Some((payload[32..].to_vec(), stamp)))
             }
+            (tag, _) => Err(SourceError::Malformed(format!("expected a stamp, got frame tag {tag:#04x}"))),
         }
     }
 
@@ -302,10 +300,11 @@ mod tests {
     fn stamps_survive_the_wire() {
         let stamp = Stamp { size: 5, mtime_ns: -7, ctime_ns: 9, ino: 11 };
         let mut w = EventWriter::new(Vec::new());
-        w.write_stamps([(&b"a/b\xff"[..], &stamp)].into_iter()).unwrap();
+        w.write_stamps([(b"a/b\xff".to_vec(), stamp)].into_iter()).unwrap();
         let bytes = w.into_inner();
-        let stamps = EventReader::new(&bytes[..]).read_stamps().unwrap();
-        assert_eq!(stamps.get(&b"a/b\xff"[..]), Some(&stamp));
+        let mut r = EventReader::new(&bytes[..]);
+        assert_eq!(r.next_stamp().unwrap(), Some((b"a/b\xff".to_vec(), stamp)));
+        assert_eq!(r.next_stamp().unwrap(), None);
     }
 
     #[test]
