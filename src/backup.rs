@@ -22,7 +22,7 @@ use crate::repo::{Id, Index, RepoError, Repository, Snapshot, FORMAT_VERSION};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
-use crate::source::{walk, ChannelSource, Event, EventSource, SourceError};
+use crate::source::{walk, ChannelSink, ChannelSource, Event, EventSource};
 use crate::Error;
 
 pub struct BackupOutcome {
@@ -324,16 +324,17 @@ fn read_source<T>(
     if let Some((path, route)) = local {
         let rules = Rules::new(reading.rules, reading.cache_tags).map_err(|e| Error::source(&shown, e))?;
         let options = WalkOptions { rules: &rules, read_content: reading.read_content };
-        let (tx, rx) = sync_channel(16);
+        let (tx, rx) = sync_channel(4);
         let consumed = std::thread::scope(|scope| {
             scope.spawn(|| {
                 let mut stamps = cache.cursor(index);
-                let result = walk::walk(&path, &mut |p| stamps.find(p).map(|f| f.stamp), &options, &mut |event| tx.send(Ok(event)).map_err(|_| SourceError::Refused("the archiver stopped".into())));
+                let mut sink = ChannelSink::new(tx);
+                let result = walk::walk(&path, &mut |p| stamps.find(p).map(|f| f.stamp), &options, &mut |event| sink.send(event));
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e));
+                    sink.fail(e);
                 }
             });
-            consume(&mut ChannelSource(rx))
+            consume(&mut ChannelSource::new(rx))
         });
         return consumed.map(|t| (t, route)).map_err(|e| Error::source(&shown, e));
     }

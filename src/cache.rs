@@ -176,7 +176,12 @@ impl CacheWriter {
     pub fn commit(mut self) -> io::Result<()> {
         let encoder = self.encoder.take().expect("committed once");
         encoder.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)
+        std::fs::rename(&self.tmp, &self.path)?;
+        // The layout of earlier versions (`<hash>.json.zst`), which this one does not read.
+        if let Some(stem) = self.path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".files.zst")) {
+            let _ = std::fs::remove_file(self.path.with_file_name(format!("{stem}.json.zst")));
+        }
+        Ok(())
     }
 }
 

@@ -143,10 +143,21 @@ struct Job {
     entry: Vec<u8>,
 }
 
+/// Blobs up to this size travel between the threads in batches: for many small files a hand-over per
+/// blob costs more in thread switches than compressing it (measured: two thirds of the CPU time of a
+/// backup of 500,000 files of 100 bytes went to switching).
+const SMALL_ENTRY: usize = 64 << 10;
+/// A batch is sent once it holds this many bytes, or this many blobs.
+const BATCH_BYTES: usize = 512 << 10;
+const BATCH_BLOBS: usize = 1024;
+
 /// Accepts blobs (already known to be new) and stores them in packs. Dropping it without `finish`
 /// stores nothing further: an open pack is discarded, never half-visible.
 pub struct Packer {
-    jobs: Option<SyncSender<Job>>,
+    jobs: Option<SyncSender<Vec<Job>>>,
+    /// Small blobs waiting to be sent as one batch, and their bytes.
+    batch: Vec<Job>,
+    batch_bytes: usize,
     entries: Arc<Pool>,
     compressors: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<Result<PackReport, RepoError>>>,
@@ -155,8 +166,8 @@ pub struct Packer {
 impl Packer {
     pub fn start(repo: &Repository, recipients: Vec<Recipient>) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
-        let (frame_tx, frame_rx) = sync_channel::<Frame>(threads * 2);
+        let (job_tx, job_rx) = sync_channel::<Vec<Job>>(threads * 2);
+        let (frame_tx, frame_rx) = sync_channel::<Vec<Frame>>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
         // An entry holds the largest chunk with its header and padding; small trees fit too.
         let entry_capacity = ENTRY_HEADER + repo.config.chunker.max_size as usize + TAR_BLOCK;
@@ -173,7 +184,7 @@ impl Packer {
         let storage = repo.storage.clone();
         let pack_size = repo.config.pack_size;
         let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, &outputs));
-        Packer { jobs: Some(job_tx), entries, compressors, writer: Some(writer) }
+        Packer { jobs: Some(job_tx), batch: Vec::new(), batch_bytes: 0, entries, compressors, writer: Some(writer) }
     }
 
     /// An empty entry buffer: `ENTRY_HEADER` bytes of room for the header, and capacity for the largest
@@ -198,8 +209,30 @@ impl Packer {
     /// Stores the blob `entry[ENTRY_HEADER..]` (an `entry_buffer` with the blob's bytes appended).
     pub fn add_entry(&mut self, id: Id, kind: BlobKind, entry: Vec<u8>) -> Result<(), RepoError> {
         debug_assert!(entry.len() >= ENTRY_HEADER);
-        let sent = self.jobs.as_ref().expect("not finished").send(Job { id, kind, entry });
-        if sent.is_err() {
+        if entry.len() > SMALL_ENTRY {
+            return self.send(vec![Job { id, kind, entry }]);
+        }
+        // A batch must not hold on to the pool's chunk-sized buffers: a small blob moves to its own.
+        let small = entry.clone();
+        self.entries.give(entry);
+        self.batch_bytes += small.len();
+        self.batch.push(Job { id, kind, entry: small });
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_BLOBS {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), RepoError> {
+        self.batch_bytes = 0;
+        match std::mem::take(&mut self.batch) {
+            batch if batch.is_empty() => Ok(()),
+            batch => self.send(batch),
+        }
+    }
+
+    fn send(&mut self, jobs: Vec<Job>) -> Result<(), RepoError> {
+        if self.jobs.as_ref().expect("not finished").send(jobs).is_err() {
             // The writer stopped early; its error is the one to report.
             return Err(self.join().err().unwrap_or(RepoError::Stopped("pack writer")));
         }
@@ -207,6 +240,7 @@ impl Packer {
     }
 
     pub fn finish(mut self) -> Result<PackReport, RepoError> {
+        self.flush_batch()?;
         self.join()
     }
 
@@ -222,20 +256,26 @@ impl Packer {
     }
 }
 
-fn compress_blobs(jobs: &Mutex<Receiver<Job>>, frames: &SyncSender<Frame>, entries: &Pool, outputs: &Pool, level: i32) {
+fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Frame>>, entries: &Pool, outputs: &Pool, level: i32) {
     let mut compressor = zstd::bulk::Compressor::new(level).expect("valid zstd level");
     loop {
-        let job = jobs.lock().expect("job queue").recv();
-        let Ok(Job { id, kind, mut entry }) = job else { return };
-        // The tar entry is built in place: header in the room at the front, padding appended.
-        let plain_length = (entry.len() - ENTRY_HEADER) as u64;
-        entry[..ENTRY_HEADER].copy_from_slice(&tar_header(&id, kind, plain_length));
-        entry.resize(entry.len() + padding(plain_length), 0);
-        let mut compressed = outputs.take();
-        compressed.reserve(zstd::zstd_safe::compress_bound(entry.len()));
-        compressor.compress_to_buffer(&entry, &mut compressed).expect("zstd compression into a large enough buffer");
-        entries.give(entry);
-        if frames.send(Frame { id, kind, plain_length, compressed }).is_err() {
+        let batch = jobs.lock().expect("job queue").recv();
+        let Ok(batch) = batch else { return };
+        let mut done = Vec::with_capacity(batch.len());
+        for Job { id, kind, mut entry } in batch {
+            // The tar entry is built in place: header in the room at the front, padding appended.
+            let plain_length = (entry.len() - ENTRY_HEADER) as u64;
+            entry[..ENTRY_HEADER].copy_from_slice(&tar_header(&id, kind, plain_length));
+            entry.resize(entry.len() + padding(plain_length), 0);
+            let bound = zstd::zstd_safe::compress_bound(entry.len());
+            // Small frames get buffers of their own size; the pool's are chunk-sized.
+            let mut compressed = if entry.len() > SMALL_ENTRY { outputs.take() } else { Vec::with_capacity(bound) };
+            compressed.reserve(bound);
+            compressor.compress_to_buffer(&entry, &mut compressed).expect("zstd compression into a large enough buffer");
+            entries.give(entry);
+            done.push(Frame { id, kind, plain_length, compressed });
+        }
+        if frames.send(done).is_err() {
             return;
         }
     }
@@ -243,7 +283,7 @@ fn compress_blobs(jobs: &Mutex<Receiver<Job>>, frames: &SyncSender<Frame>, entri
 
 /// Appends frames to packs. A full pack is handed to a committer thread, which makes it durable
 /// (fsync, link, then its index object): the frames for the next pack keep flowing meanwhile.
-fn write_packs(frames: Receiver<Frame>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, outputs: &Pool) -> Result<PackReport, RepoError> {
+fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, outputs: &Pool) -> Result<PackReport, RepoError> {
     let commit_failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         // One sealed pack may wait while another is being committed.
@@ -268,7 +308,7 @@ fn write_packs(frames: Receiver<Frame>, storage: &dyn Storage, recipients: &[Rec
 }
 
 fn fill_packs(
-    frames: Receiver<Frame>,
+    frames: Receiver<Vec<Frame>>,
     storage: &dyn Storage,
     recipients: &[Recipient],
     pack_size: u64,
@@ -282,7 +322,7 @@ fn fill_packs(
         let pack = seal_pack(pack, storage)?;
         sealed.send(pack).map_err(|_| stopped())
     };
-    for frame in frames {
+    for frame in frames.into_iter().flatten() {
         if commit_failed.load(Ordering::Relaxed) {
             return Err(stopped());
         }

@@ -8,7 +8,7 @@ pub mod exclude;
 pub mod walk;
 pub mod wire;
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 pub use event::{EntryKind, Event, Meta, Stamp};
 
@@ -39,13 +39,68 @@ pub trait EventSource: Send {
     fn next_event(&mut self) -> Result<Event, SourceError>;
 }
 
-/// Events produced on another thread (the local walker), handed over through a bounded channel.
-pub struct ChannelSource(pub Receiver<Result<Event, SourceError>>);
+/// Events produced on another thread (the local walker), handed over through a bounded channel in
+/// batches: one hand-over per event would cost more in thread switches than a small file's work.
+pub struct ChannelSource {
+    rx: Receiver<Result<Vec<Event>, SourceError>>,
+    batch: std::vec::IntoIter<Event>,
+}
+
+/// A batch is handed over once it holds this many events, or this many bytes of content.
+const BATCH_EVENTS: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
+
+impl ChannelSource {
+    pub fn new(rx: Receiver<Result<Vec<Event>, SourceError>>) -> Self {
+        ChannelSource { rx, batch: Vec::new().into_iter() }
+    }
+}
+
+/// The producing side of a [`ChannelSource`].
+pub struct ChannelSink {
+    tx: SyncSender<Result<Vec<Event>, SourceError>>,
+    batch: Vec<Event>,
+    batch_bytes: usize,
+}
+
+impl ChannelSink {
+    pub fn new(tx: SyncSender<Result<Vec<Event>, SourceError>>) -> Self {
+        ChannelSink { tx, batch: Vec::with_capacity(BATCH_EVENTS), batch_bytes: 0 }
+    }
+
+    pub fn send(&mut self, event: Event) -> Result<(), SourceError> {
+        if let Event::Data(piece) = &event {
+            self.batch_bytes += piece.len();
+        }
+        let full = event == Event::End || self.batch_bytes >= BATCH_BYTES || self.batch.len() + 1 >= BATCH_EVENTS;
+        self.batch.push(event);
+        if full {
+            self.batch_bytes = 0;
+            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+            self.tx.send(Ok(batch)).map_err(|_| SourceError::Refused("the archiver stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the producer's failure, after what it produced before it.
+    pub fn fail(mut self, error: SourceError) {
+        let batch = std::mem::take(&mut self.batch);
+        let _ = self.tx.send(Ok(batch));
+        let _ = self.tx.send(Err(error));
+    }
+}
 
 impl EventSource for ChannelSource {
     fn next_event(&mut self) -> Result<Event, SourceError> {
-        self.0
-            .recv()
-            .unwrap_or_else(|_| Err(SourceError::Malformed("the producer stopped before the end of the tree".into())))
+        loop {
+            if let Some(event) = self.batch.next() {
+                return Ok(event);
+            }
+            match self.rx.recv() {
+                Ok(Ok(batch)) => self.batch = batch.into_iter(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(SourceError::Malformed("the producer stopped before the end of the tree".into())),
+            }
+        }
     }
 }

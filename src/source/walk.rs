@@ -138,10 +138,14 @@ impl Walker<'_> {
             return emit(Event::FileEnd);
         }
         let mut file = File::open(path).map_err(|e| SourceError::io(path.display(), e))?;
+        let mut expected = meta.size as usize;
         emit(Event::File(meta))?;
         loop {
-            // Read straight into the piece that travels on, rather than into a buffer to copy from.
-            let mut piece = Vec::with_capacity(DATA_PIECE);
+            // Read straight into the piece that travels on, rather than into a buffer to copy from; sized
+            // by what the file holds, since a megabyte for every small file costs the allocator dearly
+            // (a file that grew meanwhile still reads whole: read_to_end grows the piece).
+            let mut piece = Vec::with_capacity(expected.clamp(1, DATA_PIECE));
+            expected = expected.saturating_sub(DATA_PIECE);
             let n = (&mut file).take(DATA_PIECE as u64).read_to_end(&mut piece).map_err(|e| SourceError::io(path.display(), e))?;
             if n > 0 {
                 emit(Event::Data(piece))?;
