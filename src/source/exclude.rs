@@ -63,10 +63,6 @@ impl Rules {
         Ok(Rules { sets: built, cache_tags })
     }
 
-    pub fn none() -> Rules {
-        Rules { sets: Vec::new(), cache_tags: false }
-    }
-
     /// The rule (pattern and origin) that leaves out `rel`, the path below the source's root, if any.
     /// The last matching pattern of a set decides, as in a .gitignore; any set can exclude.
     pub fn excluded(&self, rel: &[u8], is_dir: bool) -> Option<(&str, &str)> {
