@@ -136,3 +136,28 @@ fn a_sidecar_container_reads_its_own_mounts_in_process_and_the_rest_through_a_so
     docker(&["volume", "rm", &other, &cache]);
     scene.cleanup();
 }
+
+/// An empty volume: its agent has nothing to send and may be gone before the sidecar accepts its
+/// connection; the backup still succeeds and restores an empty volume.
+#[test]
+fn an_empty_volume_is_backed_up_and_restored() {
+    let project = unique("empty");
+    let volume = format!("{project}_data");
+    let work = scratch("empty");
+    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+    let container = stack_container(&project, &volume);
+    let config = write_config(&work, &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n", work.join("repo").display(), work.join("cache").display()));
+    ok(stackvault(&config).arg("init"));
+    for _ in 0..3 {
+        let out = ok(stackvault(&config).arg("backup"));
+        assert!(out.contains(&format!("Volume {volume}: 0 entries")), "{out}");
+    }
+    docker(&["rm", "-f", &container]);
+    docker(&["volume", "rm", &volume]);
+    ok(stackvault(&config).args(["restore", "latest"]));
+    assert_eq!(std::fs::read_dir(volume_dir(&volume)).unwrap().count(), 0);
+    // A restore does not wait for its helper's teardown (README): it goes a moment later.
+    assert!(helpers_remaining(&volume).is_empty());
+    docker(&["volume", "rm", &volume]);
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -345,6 +345,9 @@ impl Helper {
         let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
         let mut exited = self.docker.wait_container(&self.id, Some(options));
         let (mut stream, _) = tokio::select! {
+            // An agent with nothing to send (an empty volume) may connect and exit before this runs: its
+            // connection waits in the backlog and must win over its exit.
+            biased;
             accepted = listening.listener.accept() => accepted.map_err(|e| failed(format!("accepting the agent's connection: {e}")))?,
             _ = exited.next() => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
