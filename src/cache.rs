@@ -65,10 +65,27 @@ impl FilesCache {
     pub fn writer(&self) -> io::Result<CacheWriter> {
         let dir = self.path.parent().expect("cache paths have a parent");
         std::fs::create_dir_all(dir)?;
+        self.remove_abandoned();
         let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
         let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(&tmp)?), 3)?;
         encoder.write_all(MAGIC)?;
         Ok(CacheWriter { encoder: Some(encoder), tmp, path: self.path.clone() })
+    }
+}
+
+impl FilesCache {
+    /// Temporary caches of runs that were killed (SIGKILL, or SIGTERM, which exits without unwinding):
+    /// named after their process, which no longer runs.
+    fn remove_abandoned(&self) {
+        let Some(prefix) = self.path.with_extension("tmp-").file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+        let Ok(listing) = std::fs::read_dir(self.path.parent().expect("cache paths have a parent")) else { return };
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| crate::process_start(pid).is_none()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -222,7 +239,12 @@ mod tests {
             CachedFile { path: b"a/y".to_vec(), stamp: stamp(2), content: vec![Id::of(b"gone")] },
             CachedFile { path: b"b\xff".to_vec(), stamp: stamp(3), content: vec![] },
         ];
+        // A killed run's temporary cache goes when the next run writes one.
+        std::fs::create_dir_all(dir.join("repo")).unwrap();
+        let abandoned = dir.join("repo").join("c.files.tmp-999999999");
+        std::fs::write(&abandoned, b"partial").unwrap();
         let mut writer = cache.writer().unwrap();
+        assert!(!abandoned.exists());
         for f in &files {
             writer.add(f).unwrap();
         }

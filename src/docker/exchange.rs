@@ -12,7 +12,6 @@ use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use bollard::Docker;
 
 use super::engine::OwnContainer;
-use super::helper::process_start;
 
 /// The volume that holds the sockets when stackvault runs on the engine's host.
 pub const EXCHANGE_VOLUME: &str = "stackvault-exchange";
@@ -117,7 +116,7 @@ impl Exchange {
     pub fn listen(&self) -> std::io::Result<Listening> {
         let token = hex::encode(crate::random_bytes::<16>());
         let pid = std::process::id();
-        let name = format!("{pid}-{}-{}.sock", process_start(pid).unwrap_or(0), &token[..12]);
+        let name = format!("{pid}-{}-{}.sock", crate::process_start(pid).unwrap_or(0), &token[..12]);
         let local_path = self.local.join(&name);
         let listener = tokio::net::UnixListener::bind(&local_path)?;
         let listening = Listening { listener, helper_path: format!("{}/{name}", self.helper_dir), token, local_path };
@@ -133,7 +132,7 @@ impl Exchange {
             let Some(stem) = name.strip_suffix(".sock") else { continue };
             let mut parts = stem.splitn(3, '-');
             let (Some(Ok(pid)), Some(Ok(start))) = (parts.next().map(str::parse::<u32>), parts.next().map(str::parse::<u64>)) else { continue };
-            if process_start(pid) != Some(start) {
+            if crate::process_start(pid) != Some(start) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -109,7 +109,7 @@ impl Owner {
             None => format!("host:{}", std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim()),
         };
         let pid = std::process::id();
-        Owner { host, pid, start: process_start(pid).unwrap_or(0) }
+        Owner { host, pid, start: crate::process_start(pid).unwrap_or(0) }
     }
 
     pub fn label(&self) -> String {
@@ -127,7 +127,7 @@ impl Owner {
     /// by pid and start time, one in another container is gone when that container is.
     async fn liveness(&self, docker: &Docker, me: &Owner) -> Liveness {
         if self.host == me.host {
-            return if process_start(self.pid) == Some(self.start) { Liveness::Alive } else { Liveness::Dead };
+            return if crate::process_start(self.pid) == Some(self.start) { Liveness::Alive } else { Liveness::Dead };
         }
         let Some(container) = self.host.strip_prefix("container:") else { return Liveness::Unknown };
         match docker.inspect_container(container, None).await {
@@ -144,13 +144,6 @@ enum Liveness {
     Dead,
     /// Runs elsewhere (another container that still runs, another host): the graces decide.
     Unknown,
-}
-
-/// A process's start time (field 22 of /proc/PID/stat), or None when no such process exists.
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A live run removes its exited helper within moments; one exited longer ago than this was left
@@ -515,6 +508,6 @@ mod tests {
         let in_container = Owner { host: "container:abc".into(), pid: 7, start: 99 };
         assert_eq!(Owner::parse(&in_container.label()), Some(in_container));
         assert_eq!(Owner::parse("garbage"), None);
-        assert_eq!(process_start(me.pid), Some(me.start));
+        assert_eq!(crate::process_start(me.pid), Some(me.start));
     }
 }
