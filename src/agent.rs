@@ -23,49 +23,18 @@ pub struct Link<'a> {
 /// rather than seeing a truncated stream.
 pub fn read(root: &Path, rules: &Rules, read_content: bool, link: Option<Link>) -> Result<(), SourceError> {
     let (input, output) = channel(link)?;
-    let mut stamps = Stamps { input: EventReader::new(BufReader::new(input)), ahead: None, ended: false };
+    // Read one at a time, along the walk, so that the agent never holds them all. A stream that breaks
+    // off only means the rest is read, not reused.
+    let mut input = EventReader::new(BufReader::new(input));
+    let mut stamps = walk::WalkMerge::new(std::iter::from_fn(move || input.next_stamp().ok().flatten()).fuse(), |s: &(Vec<u8>, Stamp)| &s.0);
     let mut out = EventWriter::new(BufWriter::with_capacity(1 << 20, output));
     let options = walk::WalkOptions { rules, read_content };
-    let result = walk::walk(root, &mut |path| stamps.find(path), &options, &mut |event| out.write(&event).map_err(SourceError::Stream));
+    let result = walk::walk(root, &mut |path| stamps.lookup(path).map(|s| s.1), &options, &mut |event| out.write(&event).map_err(SourceError::Stream));
     match result {
         Ok(()) => out.flush().map_err(SourceError::Stream),
         Err(e) => {
             let _ = out.write_error(&e.to_string()).and_then(|_| out.flush());
             Err(e)
-        }
-    }
-}
-
-/// The stamps the sidecar sends, read along the walk: both are in walk order, so each is read once.
-struct Stamps<R: Read> {
-    input: EventReader<R>,
-    ahead: Option<(Vec<u8>, Stamp)>,
-    ended: bool,
-}
-
-impl<R: Read> Stamps<R> {
-    fn find(&mut self, path: &[u8]) -> Option<Stamp> {
-        loop {
-            let (known, stamp) = match self.ahead.take() {
-                Some(next) => next,
-                None if self.ended => return None,
-                // A stream that breaks off only means the rest is read, not reused.
-                None => match self.input.next_stamp() {
-                    Ok(Some(next)) => next,
-                    Ok(None) | Err(_) => {
-                        self.ended = true;
-                        return None;
-                    }
-                },
-            };
-            match walk::walk_order(&known, path) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => return Some(stamp),
-                std::cmp::Ordering::Greater => {
-                    self.ahead = Some((known, stamp));
-                    return None;
-                }
-            }
         }
     }
 }

@@ -171,7 +171,7 @@ impl<'a> Archiver<'a> {
     /// A file the agent did not read because the files cache has it unchanged.
     fn reused(&mut self, cache: &mut CacheLink, dir: &[u8], meta: Meta, stats: &mut TreeStats) -> Result<Node, ArchiveError> {
         let path = join(dir, &meta.name);
-        let found = cache.previous.as_mut().and_then(|p| p.find(&path)).map(|f| f.content.clone());
+        let found = cache.previous.as_mut().and_then(|p| p.lookup(&path)).map(|f| f.content.clone());
         let content = found.ok_or_else(|| {
             SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
         })?;

@@ -19,7 +19,7 @@ use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::pack::Packer;
 use crate::repo::{Id, Index, RepoError, Repository, Snapshot, FORMAT_VERSION};
-use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_RULE};
+use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::{walk, ChannelSink, ChannelSource, Event, EventSource};
@@ -64,11 +64,13 @@ impl Planned {
         }
     }
 
+    /// As its record will be labelled (`SourceRecord::label`).
     fn shown(&self) -> String {
-        match self {
-            Planned::Mount(m) => format!("{} {}", if m.kind == SourceKind::Volume { "volume" } else { "bind mount" }, m.name),
-            Planned::Path(p) => format!("path {}", p.display()),
-        }
+        format!("{} {}", self.kind().as_str(), self.name())
+    }
+
+    fn files_cache(&self, config: &Config, repo: &Repository) -> FilesCache {
+        FilesCache::new(FilesCache::path(config.cache_dir(), &repo.config.id, &self.key()))
     }
 
     /// The exclusion rules for this source: the configuration's, then those of each container that
@@ -140,7 +142,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
         for source in planned {
-            let cache = FilesCache::new(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()));
+            let cache = source.files_cache(&config, &repo);
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
             let mut previous = cache.cursor(&index);
@@ -158,7 +160,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             unchanged_files += archived.stats.unchanged_files;
             let mut in_force: Vec<String> = rules.iter().flat_map(|set| set.patterns.iter().map(move |p| format!("{}: {p}", set.origin))).collect();
             if config.exclude_caches() {
-                in_force.push(format!("cache directory tag: {CACHE_TAG_RULE}"));
+                in_force.push(format!("{CACHE_TAG_ORIGIN}: {CACHE_TAG_RULE}"));
             }
             let mount = match &source {
                 Planned::Mount(m) => Some(m),
@@ -237,7 +239,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
         let index = repo.load_index()?;
         let mut scans = Vec::new();
         for source in &sources {
-            let cache = FilesCache::new(FilesCache::path(config.cache_dir(), &repo.config.id, &source.key()));
+            let cache = source.files_cache(&config, &repo);
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: false };
             let mut scan = SourceScan {
@@ -329,7 +331,7 @@ fn read_source<T>(
             scope.spawn(|| {
                 let mut stamps = cache.cursor(index);
                 let mut sink = ChannelSink::new(tx);
-                let result = walk::walk(&path, &mut |p| stamps.find(p).map(|f| f.stamp), &options, &mut |event| sink.send(event));
+                let result = walk::walk(&path, &mut |p| stamps.lookup(p).map(|f| f.stamp), &options, &mut |event| sink.send(event));
                 if let Err(e) = result {
                     sink.fail(e);
                 }
@@ -351,7 +353,7 @@ fn read_mount<T>(
     engine: &Engine,
     mount: &MountSource,
     shown: &str,
-    mut stamps: CacheCursor,
+    stamps: CacheCursor,
     reading: &Reading,
     consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
 ) -> Result<T, Error> {
@@ -373,7 +375,7 @@ fn read_mount<T>(
     let result = std::thread::scope(|scope| {
         // A separate thread, so that the stamps (streamed in walk order, as the agent reads them along its
         // walk) and the tree flow at the same time.
-        let stamps = std::iter::from_fn(move || stamps.next_entry()).map(|f| (f.path, f.stamp));
+        let stamps = stamps.map(|f| (f.path, f.stamp));
         scope.spawn(move || EventWriter::new(std::io::BufWriter::with_capacity(1 << 20, writer)).write_stamps(stamps));
         consume(&mut EventReader::new(std::io::BufReader::with_capacity(1 << 20, reader)))
     });

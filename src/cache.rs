@@ -9,13 +9,12 @@
 //! million. Record: path (u32 LE length, bytes), size u64, mtime_ns i64, ctime_ns i64, inode u64,
 //! blob count u32, then the 32-byte ids; the whole zstd-compressed, after a magic line.
 
-use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::repo::{Id, Index};
-use crate::source::walk::walk_order;
+use crate::source::walk::WalkMerge;
 use crate::source::Stamp;
 
 /// The first bytes of a cache file of this layout; any other file is taken for an empty cache.
@@ -58,7 +57,7 @@ impl FilesCache {
             decoder.read_exact(&mut magic).ok().filter(|()| magic == *MAGIC)?;
             Some(BufReader::with_capacity(256 << 10, decoder))
         });
-        CacheCursor { input, index, ahead: None }
+        WalkMerge::new(CacheRecords { input, index }, |file| &file.path)
     }
 
     /// A writer for the next run's cache, at a temporary name until [`CacheWriter::commit`].
@@ -89,20 +88,19 @@ impl FilesCache {
     }
 }
 
-/// Reads a cache forward, in walk order.
-pub struct CacheCursor<'i> {
+/// A cache read forward, in walk order: iterated for the stamps, or looked up along a walk.
+pub type CacheCursor<'i> = WalkMerge<CachedFile, CacheRecords<'i>>;
+
+/// The usable records of a cache file, in order.
+pub struct CacheRecords<'i> {
     input: Option<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
     index: &'i Index,
-    /// The next entry, read but not yet passed.
-    ahead: Option<CachedFile>,
 }
 
-impl CacheCursor<'_> {
-    /// The next usable entry, or None at the end.
-    pub fn next_entry(&mut self) -> Option<CachedFile> {
-        if let Some(entry) = self.ahead.take() {
-            return Some(entry);
-        }
+impl Iterator for CacheRecords<'_> {
+    type Item = CachedFile;
+
+    fn next(&mut self) -> Option<CachedFile> {
         loop {
             let input = self.input.as_mut()?;
             match read_record(input) {
@@ -112,22 +110,6 @@ impl CacheCursor<'_> {
                 Ok(None) | Err(_) => {
                     self.input = None;
                     return None;
-                }
-            }
-        }
-    }
-
-    /// The entry for `path`, if the cache has one. Paths must be asked for in walk order: entries
-    /// before `path` are passed for good.
-    pub fn find(&mut self, path: &[u8]) -> Option<&CachedFile> {
-        loop {
-            let entry = self.next_entry()?;
-            match walk_order(&entry.path, path) {
-                Ordering::Less => continue,
-                _ => {
-                    let hit = entry.path == path;
-                    let entry = self.ahead.insert(entry);
-                    return hit.then_some(&*entry);
                 }
             }
         }
@@ -215,13 +197,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn walk_order_is_the_walkers_order() {
-        let mut paths: Vec<&[u8]> = vec![b"a.txt", b"a/b", b"a", b"a/b/c", b"a-b", b"b", b"a/a"];
-        paths.sort_by(|x, y| walk_order(x, y));
-        assert_eq!(paths, vec![&b"a"[..], b"a/a", b"a/b", b"a/b/c", b"a-b", b"a.txt", b"b"]);
-    }
-
-    #[test]
     fn a_cache_streams_back_in_order_and_skips_what_the_index_lacks() {
         let dir = std::env::temp_dir().join(format!("sv-cache-{}", std::process::id()));
         let cache = FilesCache::new(dir.join("repo").join("c.files.zst"));
@@ -249,7 +224,7 @@ mod tests {
             writer.add(f).unwrap();
         }
         drop(writer);
-        assert!(cache.cursor(&index).next_entry().is_none(), "an uncommitted cache is no cache");
+        assert!(cache.cursor(&index).next().is_none(), "an uncommitted cache is no cache");
         let mut writer = cache.writer().unwrap();
         for f in &files {
             writer.add(f).unwrap();
@@ -257,16 +232,12 @@ mod tests {
         writer.commit().unwrap();
 
         let mut cursor = cache.cursor(&index);
-        assert_eq!(cursor.find(b"a/x"), Some(&files[0]));
-        assert_eq!(cursor.find(b"a/y"), None, "its blob is gone from the index");
-        assert_eq!(cursor.find(b"a/z"), None);
-        assert_eq!(cursor.find(b"b\xff"), Some(&files[2]));
-        assert_eq!(cursor.find(b"c"), None);
-        let all: Vec<_> = std::iter::from_fn({
-            let mut c = cache.cursor(&index);
-            move || c.next_entry()
-        })
-        .collect();
+        assert_eq!(cursor.lookup(b"a/x"), Some(&files[0]));
+        assert_eq!(cursor.lookup(b"a/y"), None, "its blob is gone from the index");
+        assert_eq!(cursor.lookup(b"a/z"), None);
+        assert_eq!(cursor.lookup(b"b\xff"), Some(&files[2]));
+        assert_eq!(cursor.lookup(b"c"), None);
+        let all: Vec<_> = cache.cursor(&index).collect();
         assert_eq!(all, vec![files[0].clone(), files[2].clone()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -144,9 +144,9 @@ fn an_empty_volume_is_backed_up_and_restored() {
     let project = unique("empty");
     let volume = format!("{project}_data");
     let work = scratch("empty");
-    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+    compose_volume(&project, &volume);
     let container = stack_container(&project, &volume);
-    let config = write_config(&work, &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n", work.join("repo").display(), work.join("cache").display()));
+    let config = write_config(&work, &format!("{}cache_dir: {}\n", stack_yaml(&project, &work.join("repo")), work.join("cache").display()));
     ok(stackvault(&config).arg("init"));
     for _ in 0..3 {
         let out = ok(stackvault(&config).arg("backup"));

@@ -31,7 +31,7 @@ fn patterns_labels_and_cache_tags_leave_out_exactly_what_they_name() {
     let project = unique("excl");
     let volume = format!("{project}_config");
     let work = scratch("excl");
-    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+    compose_volume(&project, &volume);
     let root = volume_dir(&volume);
     write(&root, "Library/Application Support/Plex Media Server/Cache/a.bin", 1000);
     write(&root, "Library/Application Support/Plex Media Server/Cache/sub/b.bin", 2000);
@@ -49,7 +49,7 @@ fn patterns_labels_and_cache_tags_leave_out_exactly_what_they_name() {
         "create", "--network", "none", "--label", &format!("com.docker.compose.project={project}"), "--label", label, "-v", &format!("{volume}:/config"), TEST_IMAGE, "sh",
     ]);
     let repo = work.join("repo");
-    let base = format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n", repo.display(), work.join("cache").display());
+    let base = format!("{}cache_dir: {}\n", stack_yaml(&project, &repo), work.join("cache").display());
     let config = write_config(&work, &format!("{base}exclude: [\"*.tmp\", \"!keep.tmp\"]\n"));
     ok(stackvault(&config).arg("init"));
     manifest(&root, &work.join("original.json"));

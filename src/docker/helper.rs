@@ -37,9 +37,14 @@ static LIVE_HELPERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 pub async fn remove_live_helpers(docker: &Docker) {
     let ids = std::mem::take(&mut *LIVE_HELPERS.lock().expect("helper registry"));
     for id in ids {
-        let force = RemoveContainerOptionsBuilder::default().force(true).build();
-        let _ = docker.remove_container(&id, Some(force)).await;
+        let _ = force_remove(docker, &id).await;
     }
+}
+
+/// Removes a helper whatever its state (a running one is killed first).
+async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    let force = RemoveContainerOptionsBuilder::default().force(true).build();
+    docker.remove_container(id, Some(force)).await
 }
 
 /// Waits until every helper this process started is gone: those released to the engine's
@@ -51,8 +56,7 @@ pub async fn wait_until_gone(docker: &Docker) {
         let mut removed = docker.wait_container(&id, Some(options));
         // An error here is mostly "no such container": it is gone already.
         if tokio::time::timeout(Duration::from_secs(60), removed.next()).await.is_err() {
-            let force = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = docker.remove_container(&id, Some(force)).await;
+            let _ = force_remove(docker, &id).await;
         }
     }
 }
@@ -187,11 +191,8 @@ pub async fn remove_stale_helpers(docker: &Docker, me: &Owner) -> Result<usize, 
                 }
             }
         };
-        if stale {
-            let force = RemoveContainerOptionsBuilder::default().force(true).build();
-            if docker.remove_container(&id, Some(force)).await.is_ok() {
-                removed += 1;
-            }
+        if stale && force_remove(docker, &id).await.is_ok() {
+            removed += 1;
         }
     }
     Ok(removed)
@@ -398,8 +399,7 @@ impl Helper {
     }
 
     async fn remove(&mut self) {
-        let force = RemoveContainerOptionsBuilder::default().force(true).build();
-        let _ = self.docker.remove_container(&self.id, Some(force)).await;
+        let _ = force_remove(&self.docker, &self.id).await;
         LIVE_HELPERS.lock().expect("helper registry").retain(|id| *id != self.id);
         self.finished = true;
     }
@@ -413,8 +413,7 @@ impl Drop for Helper {
         let (docker, id) = (self.docker.clone(), self.id.clone());
         if let Ok(handle) = Handle::try_current() {
             handle.spawn(async move {
-                let force = RemoveContainerOptionsBuilder::default().force(true).build();
-                let _ = docker.remove_container(&id, Some(force)).await;
+                let _ = force_remove(&docker, &id).await;
             });
         }
     }

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 /// The file that marks a cache directory, and the signature it must start with.
 pub const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
-/// The name under which directories left out for their tag are counted.
+/// The name (and origin) under which directories left out for their tag are counted.
 pub const CACHE_TAG_RULE: &str = "CACHEDIR.TAG";
+pub const CACHE_TAG_ORIGIN: &str = "cache directory tag";
 
 /// Patterns from one origin, matched against `prefix` joined with the path below the source's root:
 /// `/` for the configuration's `exclude:` (paths relative to the source), a mount's destination for a

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::exclude::{measure, Rules, Tally, CACHEDIR_TAG, CACHE_TAG_RULE};
+use super::exclude::{measure, Rules, Tally, CACHEDIR_TAG, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use super::{EntryKind, Event, Meta, SourceError, Stamp};
 
 /// Size of the `Data` pieces a file is read in.
@@ -63,6 +63,41 @@ pub fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
 }
 
+/// Entries in walk order, looked up by paths that are asked for in walk order: a merge with the walk,
+/// so that neither side is held whole. Entries before an asked path are passed for good.
+pub struct WalkMerge<T, I> {
+    entries: I,
+    /// The next entry, read but not yet passed.
+    ahead: Option<T>,
+    path_of: fn(&T) -> &[u8],
+}
+
+impl<T, I: Iterator<Item = T>> WalkMerge<T, I> {
+    pub fn new(entries: I, path_of: fn(&T) -> &[u8]) -> Self {
+        WalkMerge { entries, ahead: None, path_of }
+    }
+
+    /// The entry for `path`, if there is one.
+    pub fn lookup(&mut self, path: &[u8]) -> Option<&T> {
+        loop {
+            let entry = self.next()?;
+            let order = walk_order((self.path_of)(&entry), path);
+            if order != std::cmp::Ordering::Less {
+                let entry = self.ahead.insert(entry);
+                return (order == std::cmp::Ordering::Equal).then_some(&*entry);
+            }
+        }
+    }
+}
+
+/// The entries not passed yet, in order.
+impl<T, I: Iterator<Item = T>> Iterator for WalkMerge<T, I> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.ahead.take().or_else(|| self.entries.next())
+    }
+}
+
 struct Walker<'k> {
     root: PathBuf,
     /// Asked for each regular file's path, in walk order ([`walk_order`]).
@@ -93,7 +128,7 @@ impl Walker<'_> {
             };
             let rel = path.strip_prefix(&self.root).expect("walked paths lie under the root").as_os_str().as_bytes();
             let rule = if tagged && name != CACHEDIR_TAG {
-                Some((CACHE_TAG_RULE, "cache directory tag"))
+                Some((CACHE_TAG_RULE, CACHE_TAG_ORIGIN))
             } else {
                 self.options.rules.excluded(rel, md.is_dir())
             };
@@ -215,4 +250,25 @@ fn read_xattrs(path: &Path) -> Result<Xattrs, SourceError> {
     }
     xattrs.sort();
     Ok(xattrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_is_the_walkers_order() {
+        let mut paths: Vec<&[u8]> = vec![b"a.txt", b"a/b", b"a", b"a/b/c", b"a-b", b"b", b"a/a"];
+        paths.sort_by(|x, y| walk_order(x, y));
+        assert_eq!(paths, vec![&b"a"[..], b"a/a", b"a/b", b"a/b/c", b"a-b", b"a.txt", b"b"]);
+    }
+
+    #[test]
+    fn a_merge_finds_what_is_asked_in_walk_order_and_passes_the_rest() {
+        let entries: Vec<&[u8]> = vec![b"a", b"a/b", b"a.txt", b"c"];
+        let mut merge = WalkMerge::new(entries.into_iter(), |p: &&[u8]| *p);
+        assert_eq!(merge.lookup(b"a/b"), Some(&&b"a/b"[..]));
+        assert_eq!(merge.lookup(b"a-x"), None);
+        assert_eq!(merge.collect::<Vec<_>>(), vec![&b"a.txt"[..], b"c"]);
+    }
 }

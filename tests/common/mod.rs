@@ -88,6 +88,16 @@ pub fn stack_container(project: &str, volume: &str) -> String {
     ])
 }
 
+/// A volume labelled as compose project `project`'s.
+pub fn compose_volume(project: &str, volume: &str) {
+    docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), volume]);
+}
+
+/// The configuration that selects compose project `project` and backs it up into `repo`.
+pub fn stack_yaml(project: &str, repo: &Path) -> String {
+    format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display())
+}
+
 pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("stackvault.yaml");
     std::fs::write(&path, body).unwrap();
@@ -155,13 +165,13 @@ impl Scene {
         let project = unique(prefix);
         let volume = format!("{project}_data");
         let work = scratch(prefix);
-        docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), &volume]);
+        compose_volume(&project, &volume);
         make_fixture(&volume_dir(&volume), big_mib, small_files);
         let container = stack_container(&project, &volume);
         let repo = work.join("repo");
         let config = write_config(
             &work,
-            &format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n{extra_yaml}", repo.display()),
+            &format!("{}{extra_yaml}", stack_yaml(&project, &repo)),
         );
         ok(stackvault(&config).arg("init"));
         Scene { project, volume, container, work, repo, config }
