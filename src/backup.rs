@@ -18,7 +18,7 @@ use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::pack::Packer;
-use crate::repo::{Id, Index, RepoError, Repository, Snapshot, FORMAT_VERSION};
+use crate::repo::{Id, Index, RepoError, Repository, Snapshot};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
@@ -200,7 +200,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         new_packs: report.packs.len() as u64,
         duration_ms: clock.elapsed().as_millis() as u64,
     };
-    let snapshot = Snapshot { version: FORMAT_VERSION, time, stack, hostname, program: crate::program(), sources, packs, summary };
+    let snapshot = Snapshot { version: repo.config.version, time, stack, hostname, program: crate::program(), sources, packs, summary };
     let id = repo.save_snapshot(&snapshot)?;
     // Only now: the cache describes what a snapshot holds.
     let warnings = caches

@@ -202,11 +202,18 @@ mod tests {
         let cache = FilesCache::new(dir.join("repo").join("c.files.zst"));
         let present = Id::of(b"present");
         let mut index = Index::default();
-        index.add(&crate::repo::format::PackIndex {
-            version: 1,
+        index.add(&crate::repo::packindex::PackIndex {
             pack: Id::of(b"pack"),
             size: 1,
-            blobs: vec![crate::repo::format::PackedBlob { id: present, kind: crate::repo::BlobKind::Data, offset: 0, length: 1, plain_length: 1 }],
+            blobs: vec![crate::repo::packindex::PackedBlob {
+                id: present,
+                kind: crate::repo::BlobKind::Data,
+                frame_offset: 0,
+                frame_length: 1,
+                frame_plain_length: 1024,
+                entry_offset: 0,
+                plain_length: 1,
+            }],
         });
         let stamp = |n| Stamp { size: n, mtime_ns: -(n as i64), ctime_ns: 3, ino: 4 };
         let files = [

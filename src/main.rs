@@ -65,6 +65,9 @@ enum Command {
         #[arg(long, env = "STACKVAULT_IDENTITY")]
         identity: Option<PathBuf>,
     },
+    /// Move the repository to the newest format version (docs/FORMAT.md, "Versions"); what is stored
+    /// stays as it is, later backups write the new version
+    Migrate,
     /// Create an age identity; prints its recipient (the public key for encryption.recipients)
     Keygen {
         /// Where to write the identity (mode 0600); it must not exist yet [default: print it]
@@ -265,6 +268,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             println!("snapshot {} restored", outcome.snapshot);
+        }
+        Command::Migrate => {
+            let config = Config::load(config_path)?;
+            let mut repo = stackvault::open_repository(&config)?;
+            match repo.migrate()? {
+                None => println!("repository {} already has format version {}: nothing to do", repo.config.id, repo.config.version),
+                Some(from) => println!("repository {} moved from format version {from} to {}", repo.config.id, repo.config.version),
+            }
         }
         Command::Verify { read_data, identity } => {
             let config = Config::load(config_path)?;

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::repo::crypt::Identities;
 use crate::repo::pack::{check_pack, BlobReader};
 use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
-use crate::repo::{Id, RepoError, Repository, Snapshot, Snapshots};
-use crate::storage::ObjectKind;
+use crate::repo::{Id, Index, RepoError, Repository, Snapshot, Snapshots};
+use crate::storage::{Key, ObjectKind};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -60,14 +60,15 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
 
     if read_data {
         let referenced: BTreeSet<Id> = snapshots.iter().flat_map(|(_, s)| s.packs.iter().copied()).collect();
-        let by_pack = index.blobs_by_pack();
-        let position: HashMap<Id, usize> = index.packs.iter().enumerate().map(|(i, (id, _))| (*id, i)).collect();
         for pack in referenced {
             if pack_problems.contains_key(&pack) {
                 continue;
             }
-            let blobs = position.get(&pack).map(|p| by_pack[*p].as_slice()).unwrap_or(&[]);
-            let problems = check_pack(repo, identities, blobs, pack)?;
+            // One index object at a time, not the whole index: memory stays that of one pack's.
+            let problems = match Index::read_object(repo.storage.as_ref(), &Key::new(ObjectKind::Index, pack.hex())) {
+                Ok(pack_index) => check_pack(repo, identities, &pack_index)?,
+                Err(e) => vec![e.to_string()],
+            };
             report.packs_read += 1;
             if !problems.is_empty() {
                 pack_problems.insert(pack, problems.join("; "));

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use common::craft::{dir_node, file_node, link_node, node, Craft};
 use common::*;
 use stackvault::repo::format::{Node, Xattr};
-use stackvault::repo::Id;
+use stackvault::repo::packindex::{PackIndex, PackedBlob};
+use stackvault::repo::{BlobKind, Id};
 use stackvault::source::EntryKind;
 
 fn config_for(work: &Path, repo: &Path) -> PathBuf {
@@ -260,13 +261,14 @@ fn hostile_config_values_and_index_lengths_are_errors_not_crashes() {
     assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest)), "a chunker max_size of 0", &["config object is corrupt", "chunker"]);
     std::fs::write(repo.join("config"), original).unwrap();
 
-    // An index entry whose frame length would size a 1 TiB buffer.
+    // An index entry whose frame length would size a 4 GiB buffer.
     let index = files(&repo.join("index")).into_iter().next().unwrap();
-    let json = std::fs::read_to_string(&index).unwrap();
-    let length = json.split("\"length\":").nth(1).unwrap().split(',').next().unwrap().to_string();
-    rewrite(&index, &format!("\"length\":{length}"), "\"length\":1099511627776");
-    assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest)), "a frame length of 1 TiB", &["the index says its frame is 1099511627776 bytes"]);
-    assert_broken(&run(stackvault(&config).args(["verify", "--read-data"])), "a frame length of 1 TiB", &["1099511627776"]);
+    let mut forged = PackIndex::decode(&std::fs::read(&index).unwrap(), 1 << 20).unwrap();
+    forged.blobs.iter_mut().for_each(|blob| blob.frame_length = u32::MAX);
+    std::fs::set_permissions(&index, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&index, forged.encode(2)).unwrap();
+    assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest)), "a frame length of 4 GiB", &["the index says its frame is 4294967295 bytes"]);
+    assert_broken(&run(stackvault(&config).args(["verify", "--read-data"])), "a frame length of 4 GiB", &["4294967295"]);
     std::fs::remove_dir_all(&work).unwrap();
 }
 
@@ -340,14 +342,7 @@ fn an_index_object_pointing_blobs_at_a_bogus_pack_does_not_stop_restore() {
     let repo = craft.dir.clone();
     craft.finish(root, 1, 7);
     // The same blobs, said to lie in a pack that sorts first and does not exist.
-    let genuine = files(&repo.join("index")).pop().unwrap();
-    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&genuine).unwrap()).unwrap();
-    let bogus = "0".repeat(64);
-    forged["pack"] = bogus.clone().into();
-    for entry in forged["blobs"].as_array_mut().unwrap() {
-        entry["offset"] = 12345.into();
-    }
-    std::fs::write(repo.join("index").join(&bogus), serde_json::to_vec(&forged).unwrap()).unwrap();
+    forge_index(&repo, |blob| blob.frame_offset = 12345);
     let config = config_for(&work, &repo);
     let dest = work.join("dest");
     ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
@@ -381,16 +376,11 @@ fn copies_of_a_blob_that_disagree_on_its_length_fail_restore_and_verify() {
     let root = craft.tree(vec![file_node(b"f", vec![blob], 5)]);
     let repo = craft.dir.clone();
     let snapshot = craft.finish(root, 1, 5);
-    let genuine = files(&repo.join("index")).pop().unwrap();
-    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(&genuine).unwrap()).unwrap();
-    let bogus = "0".repeat(64);
-    forged["pack"] = bogus.clone().into();
-    for entry in forged["blobs"].as_array_mut().unwrap() {
-        if entry["type"] == "data" {
-            entry["plain_length"] = 5.into();
+    forge_index(&repo, |blob| {
+        if blob.kind == BlobKind::Data {
+            blob.plain_length = 5;
         }
-    }
-    std::fs::write(repo.join("index").join(&bogus), serde_json::to_vec(&forged).unwrap()).unwrap();
+    });
     let config = config_for(&work, &repo);
     let needle = "indexed twice with different types or lengths";
     assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("dest"))), "restore", &[&snapshot[..12], needle]);
@@ -417,4 +407,14 @@ fn a_shared_tree_used_too_deep_fails_verify_as_it_fails_restore() {
     assert_refused(&run(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("dest"))), "restore", &[&snapshot[..12], needle]);
     assert_broken(&run(stackvault(&config).arg("verify")), "verify", &[needle]);
     std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Adds an index object for a pack that sorts first and does not exist, listing the repository's one
+/// pack's blobs as `change` alters them.
+fn forge_index(repo: &Path, change: impl Fn(&mut PackedBlob)) {
+    let genuine = std::fs::read(files(&repo.join("index")).pop().unwrap()).unwrap();
+    let mut forged = PackIndex::decode(&genuine, 1 << 20).unwrap();
+    forged.pack = Id([0; 32]);
+    forged.blobs.iter_mut().for_each(change);
+    std::fs::write(repo.join("index").join(forged.pack.hex()), forged.encode(2)).unwrap();
 }

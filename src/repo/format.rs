@@ -1,12 +1,12 @@
-//! The repository's JSON objects: config, trees, snapshot manifests and pack indexes, exactly as
-//! docs/FORMAT.md specifies them.
+//! The repository's JSON objects: config, trees and snapshot manifests, exactly as docs/FORMAT.md
+//! specifies them (index objects: `packindex`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::crypt::{self, Recipient};
-use super::{BlobKind, Id, RepoError, FORMAT_VERSION};
+use super::{Id, RepoError, FORMAT_VERSION};
 use crate::source::exclude::Excluded;
 use crate::source::EntryKind;
 
@@ -298,31 +298,6 @@ pub struct Snapshot {
     /// check presence and integrity, and prune compute what is still needed.
     pub packs: Vec<Id>,
     pub summary: Summary,
-}
-
-/// The index object of one pack: where each blob lies inside the pack's plaintext stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackIndex {
-    pub version: u32,
-    pub pack: Id,
-    /// The pack object's stored size in bytes.
-    pub size: u64,
-    pub blobs: Vec<PackedBlob>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackedBlob {
-    pub id: Id,
-    #[serde(rename = "type")]
-    pub kind: BlobKind,
-    /// Offset of the blob's zstd frame in the pack's plaintext (after decryption).
-    pub offset: u64,
-    /// Length of that zstd frame.
-    pub length: u64,
-    /// Length of the blob's plaintext.
-    pub plain_length: u64,
 }
 
 #[cfg(test)]

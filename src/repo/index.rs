@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::format::PackIndex;
+use super::packindex::{PackIndex, PackedBlob};
 use super::{BlobKind, Id, RepoError};
 use crate::storage::{Key, ObjectKind, Storage};
 
@@ -13,9 +13,26 @@ pub struct Location {
     /// Position in [`Index::packs`].
     pub pack: u32,
     pub kind: BlobKind,
-    pub offset: u64,
-    pub length: u64,
-    pub plain_length: u64,
+    pub frame_offset: u64,
+    pub frame_length: u32,
+    pub frame_plain_length: u32,
+    pub entry_offset: u32,
+    pub plain_length: u32,
+}
+
+impl Location {
+    /// A blob's place in the pack at position `pack` of [`Index::packs`].
+    pub fn in_pack(pack: u32, blob: &PackedBlob) -> Self {
+        Location {
+            pack,
+            kind: blob.kind,
+            frame_offset: blob.frame_offset,
+            frame_length: blob.frame_length,
+            frame_plain_length: blob.frame_plain_length,
+            entry_offset: blob.entry_offset,
+            plain_length: blob.plain_length,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -43,9 +60,10 @@ impl Index {
         Ok(index)
     }
 
-    fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
+    /// Reads and parses one index object.
+    pub fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
         let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
-        let pack_index: PackIndex = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        let pack_index = PackIndex::decode(&bytes, super::MAX_INDEX_OBJECT).map_err(|e| RepoError::corrupt(key.path(), e))?;
         if pack_index.pack.hex() != key.name {
             return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
         }
@@ -56,7 +74,7 @@ impl Index {
         let pack = self.packs.len() as u32;
         self.packs.push((pack_index.pack, pack_index.size));
         for blob in &pack_index.blobs {
-            let location = Location { pack, kind: blob.kind, offset: blob.offset, length: blob.length, plain_length: blob.plain_length };
+            let location = Location::in_pack(pack, blob);
             match self.blobs.entry(blob.id) {
                 std::collections::hash_map::Entry::Vacant(first) => {
                     first.insert(location);
@@ -82,23 +100,5 @@ impl Index {
 
     pub fn pack_of(&self, location: &Location) -> (Id, u64) {
         self.packs[location.pack as usize]
-    }
-
-    /// The blobs of each pack, by position in [`Index::packs`].
-    pub fn blobs_by_pack(&self) -> Vec<Vec<(Id, Location)>> {
-        let mut by_pack = vec![Vec::new(); self.packs.len()];
-        for (id, location) in &self.blobs {
-            by_pack[location.pack as usize].push((*id, *location));
-        }
-        for (id, locations) in &self.copies {
-            for location in locations {
-                by_pack[location.pack as usize].push((*id, *location));
-            }
-        }
-        by_pack
-    }
-
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
     }
 }

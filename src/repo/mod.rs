@@ -5,6 +5,7 @@ pub mod crypt;
 pub mod format;
 pub mod index;
 pub mod pack;
+pub mod packindex;
 pub mod tree;
 
 use std::fmt;
@@ -17,8 +18,9 @@ use crate::storage::{Key, ObjectKind, Storage, StorageError};
 pub use format::{Node, RepoConfig, Snapshot, SourceRecord, Tree};
 pub use index::Index;
 
-/// The repository format version this build reads and writes (docs/FORMAT.md).
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format version this build creates (docs/FORMAT.md); it reads every version from 1
+/// up to it, and writes into a repository in that repository's version (`migrate` moves it up).
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -28,7 +30,7 @@ pub enum RepoError {
     NotARepository(String),
     #[error("{0}: already holds a stackvault repository")]
     AlreadyExists(String),
-    #[error("repository format version {found} is not supported by this build (it reads version {FORMAT_VERSION}); use a matching stackvault")]
+    #[error("repository format version {found} is not supported by this build (it reads versions 1 to {FORMAT_VERSION}); use a newer stackvault")]
     UnsupportedVersion { found: u32 },
     #[error("{what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
@@ -170,11 +172,25 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config: RepoConfig = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt("the config object", e))?;
-        if config.version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&config.version) {
             return Err(RepoError::UnsupportedVersion { found: config.version });
         }
         config.check().map_err(|e| RepoError::corrupt("the config object", e))?;
         Ok(Repository { storage, config })
+    }
+
+    /// Moves the repository to the newest format version, returning the version it had, or `None`
+    /// when it is current. Only the config changes: objects already stored stay as they are and are
+    /// read as before; later backups write the new version's objects.
+    pub fn migrate(&mut self) -> Result<Option<u32>, RepoError> {
+        let from = self.config.version;
+        if from == FORMAT_VERSION {
+            return Ok(None);
+        }
+        let config = RepoConfig { version: FORMAT_VERSION, ..self.config.clone() };
+        self.storage.replace_config(&serde_json::to_vec_pretty(&config).expect("config serializes"))?;
+        self.config = config;
+        Ok(Some(from))
     }
 
     pub fn load_index(&self) -> Result<Index, RepoError> {

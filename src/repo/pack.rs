@@ -1,5 +1,7 @@
-//! Packs: a plain tar of blobs, each tar entry (header, content, padding) compressed as its own zstd
-//! frame so that one blob can be read from its frame alone, the whole optionally age-encrypted. Writing
+//! Packs: a plain tar of blobs, compressed as a sequence of zstd frames that each hold whole tar
+//! entries (header, content, padding): a large blob has a frame of its own, small ones share frames of
+//! up to `SHARED_FRAME` bytes so that compression sees across them, and one blob is read by
+//! decompressing its one bounded frame. The whole is optionally age-encrypted. Writing
 //! runs as a small pipeline: compressor threads turn blobs into frames, one writer thread appends them
 //! to the open pack and seals it when full, and a committer thread stores each sealed pack (fsync, its
 //! final name), then the pack's index object, while the writer fills the next one.
@@ -11,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::crypt::{self, Identities, Recipient};
-use super::format::{PackIndex, PackedBlob};
 use super::index::{Index, Location};
-use super::{BlobKind, Id, RepoError, Repository, FORMAT_VERSION};
+use super::packindex::{entry_length, PackIndex, PackedBlob};
+use super::{BlobKind, Id, RepoError, Repository};
 use crate::storage::{Key, ObjectKind, ObjectReader, ObjectWriter, Storage, StorageError};
 
 pub const TAR_BLOCK: usize = 512;
@@ -33,18 +35,31 @@ pub fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
 }
 
 /// A writer closes a pack at this many blobs, whatever their size, so that its index object stays far
-/// below `MAX_INDEX_OBJECT` (about 190 bytes of JSON per blob).
+/// below `MAX_INDEX_OBJECT` (60 bytes per blob in version 2, about 190 of JSON in version 1).
 pub const MAX_PACK_BLOBS: usize = 100_000;
+
+/// Small blobs' entries are gathered into frames of up to this many bytes: enough for zstd to find what
+/// they share (names, headers, similar content), little to decompress for reading one of them.
+const SHARED_FRAME: usize = 256 << 10;
+/// The largest decompressed frame a reader accepts, unless it holds a single larger entry.
+pub const MAX_SHARED_FRAME: u64 = 1 << 20;
 
 fn padding(len: u64) -> usize {
     (TAR_BLOCK - (len as usize % TAR_BLOCK)) % TAR_BLOCK
 }
 
+/// One compressed frame and the blobs whose tar entries it holds.
 struct Frame {
+    compressed: Vec<u8>,
+    plain_length: u32,
+    members: Vec<Member>,
+}
+
+struct Member {
     id: Id,
     kind: BlobKind,
-    plain_length: u64,
-    compressed: Vec<u8>,
+    entry_offset: u32,
+    plain_length: u32,
 }
 
 /// Counts and hashes the bytes that reach the target: a pack's name is the BLAKE3 of its stored bytes.
@@ -175,15 +190,18 @@ impl Packer {
         let entries = Arc::new(Pool::new(entry_capacity, keep));
         let outputs = Arc::new(Pool::new(zstd::zstd_safe::compress_bound(entry_capacity), keep));
         let level = repo.config.zstd_level;
+        // Version 1 repositories keep one frame per blob until they are migrated.
+        let version = repo.config.version;
+        let shared_frames = version >= 2;
         let compressors = (0..threads)
             .map(|_| {
                 let (jobs, frames, entries, outputs) = (job_rx.clone(), frame_tx.clone(), entries.clone(), outputs.clone());
-                std::thread::spawn(move || compress_blobs(&jobs, &frames, &entries, &outputs, level))
+                std::thread::spawn(move || compress_blobs(&jobs, &frames, &entries, &outputs, level, shared_frames))
             })
             .collect();
         let storage = repo.storage.clone();
         let pack_size = repo.config.pack_size;
-        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, &outputs));
+        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, version, &outputs));
         Packer { jobs: Some(job_tx), batch: Vec::new(), batch_bytes: 0, entries, compressors, writer: Some(writer) }
     }
 
@@ -256,8 +274,19 @@ impl Packer {
     }
 }
 
-fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Frame>>, entries: &Pool, outputs: &Pool, level: i32) {
+fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Frame>>, entries: &Pool, outputs: &Pool, level: i32, shared_frames: bool) {
     let mut compressor = zstd::bulk::Compressor::new(level).expect("valid zstd level");
+    let compress = |compressor: &mut zstd::bulk::Compressor, plain: &[u8], members: Vec<Member>| {
+        let bound = zstd::zstd_safe::compress_bound(plain.len());
+        // Small frames get buffers of their own size; the pool's are chunk-sized.
+        let mut compressed = if plain.len() > SMALL_ENTRY { outputs.take() } else { Vec::with_capacity(bound) };
+        compressed.reserve(bound);
+        compressor.compress_to_buffer(plain, &mut compressed).expect("zstd compression into a large enough buffer");
+        Frame { compressed, plain_length: plain.len() as u32, members }
+    };
+    // The small blobs' entries gathered for the next shared frame.
+    let mut shared = Vec::with_capacity(SHARED_FRAME);
+    let mut members = Vec::new();
     loop {
         let batch = jobs.lock().expect("job queue").recv();
         let Ok(batch) = batch else { return };
@@ -267,13 +296,23 @@ fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Fram
             let plain_length = (entry.len() - ENTRY_HEADER) as u64;
             entry[..ENTRY_HEADER].copy_from_slice(&tar_header(&id, kind, plain_length));
             entry.resize(entry.len() + padding(plain_length), 0);
-            let bound = zstd::zstd_safe::compress_bound(entry.len());
-            // Small frames get buffers of their own size; the pool's are chunk-sized.
-            let mut compressed = if entry.len() > SMALL_ENTRY { outputs.take() } else { Vec::with_capacity(bound) };
-            compressed.reserve(bound);
-            compressor.compress_to_buffer(&entry, &mut compressed).expect("zstd compression into a large enough buffer");
+            let member = Member { id, kind, entry_offset: 0, plain_length: plain_length as u32 };
+            if shared_frames && entry.len() <= SMALL_ENTRY {
+                if shared.len() + entry.len() > SHARED_FRAME {
+                    done.push(compress(&mut compressor, &shared, std::mem::take(&mut members)));
+                    shared.clear();
+                }
+                members.push(Member { entry_offset: shared.len() as u32, ..member });
+                shared.extend_from_slice(&entry);
+            } else {
+                done.push(compress(&mut compressor, &entry, vec![member]));
+            }
             entries.give(entry);
-            done.push(Frame { id, kind, plain_length, compressed });
+        }
+        // A batch's frames close with it: the batch is the unit the writer orders.
+        if !shared.is_empty() {
+            done.push(compress(&mut compressor, &shared, std::mem::take(&mut members)));
+            shared.clear();
         }
         if frames.send(done).is_err() {
             return;
@@ -283,7 +322,7 @@ fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Fram
 
 /// Appends frames to packs. A full pack is handed to a committer thread, which makes it durable
 /// (fsync, link, then its index object): the frames for the next pack keep flowing meanwhile.
-fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, outputs: &Pool) -> Result<PackReport, RepoError> {
+fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, version: u32, outputs: &Pool) -> Result<PackReport, RepoError> {
     let commit_failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         // One sealed pack may wait while another is being committed.
@@ -292,7 +331,7 @@ fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: 
         let committer = scope.spawn(move || -> Result<PackReport, RepoError> {
             let mut report = PackReport::default();
             for sealed in sealed_rx {
-                if let Err(e) = commit_pack(sealed, storage, &mut report) {
+                if let Err(e) = commit_pack(sealed, storage, version, &mut report) {
                     commit_failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
@@ -331,13 +370,16 @@ fn fill_packs(
             None => open.insert(open_pack(storage, recipients)?),
         };
         pack.sink.write_all(&frame.compressed).map_err(|e| StorageError::from_io(storage.location(), e))?;
-        pack.blobs.push(PackedBlob {
-            id: frame.id,
-            kind: frame.kind,
-            offset: pack.plain_offset,
-            length: frame.compressed.len() as u64,
-            plain_length: frame.plain_length,
-        });
+        let frame_offset = pack.plain_offset;
+        pack.blobs.extend(frame.members.iter().map(|m| PackedBlob {
+            id: m.id,
+            kind: m.kind,
+            frame_offset,
+            frame_length: frame.compressed.len() as u32,
+            frame_plain_length: frame.plain_length,
+            entry_offset: m.entry_offset,
+            plain_length: m.plain_length,
+        }));
         pack.plain_offset += frame.compressed.len() as u64;
         outputs.give(frame.compressed);
         // The plaintext length is within an age overhead of 0.03 % of the stored size: close enough.
@@ -372,14 +414,13 @@ fn seal_pack(mut pack: OpenPack, storage: &dyn Storage) -> Result<SealedPack, Re
     Ok(SealedPack { tally, blobs: pack.blobs })
 }
 
-fn commit_pack(sealed: SealedPack, storage: &dyn Storage, report: &mut PackReport) -> Result<(), RepoError> {
+fn commit_pack(sealed: SealedPack, storage: &dyn Storage, version: u32, report: &mut PackReport) -> Result<(), RepoError> {
     let SealedPack { tally, blobs } = sealed;
     let id = Id(*tally.hasher.finalize().as_bytes());
     let size = tally.count;
     tally.inner.commit(&Key::new(ObjectKind::Pack, id.hex()))?;
-    let pack_index = PackIndex { version: FORMAT_VERSION, pack: id, size, blobs };
-    let bytes = serde_json::to_vec(&pack_index).expect("index serializes");
-    storage.put(&Key::new(ObjectKind::Index, id.hex()), &bytes)?;
+    let pack_index = PackIndex { pack: id, size, blobs };
+    storage.put(&Key::new(ObjectKind::Index, id.hex()), &pack_index.encode(version))?;
     report.stored_bytes += size;
     report.packs.push(pack_index);
     Ok(())
@@ -428,6 +469,56 @@ impl Seek for PackStream {
     }
 }
 
+
+/// Decompresses frames and takes blobs' entries out of them, keeping the last frame: small blobs share
+/// frames, and readers mostly go through a pack in order.
+struct FrameDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    compressed: Vec<u8>,
+    /// The pack and the index's description of the frame in `plain`.
+    last: Option<(Id, u64, u32, u32)>,
+    plain: Vec<u8>,
+}
+
+impl FrameDecoder {
+    fn new() -> Self {
+        FrameDecoder { decompressor: zstd::bulk::Decompressor::new().expect("zstd"), compressed: Vec::new(), last: None, plain: Vec::new() }
+    }
+
+    /// Blob `id`'s content, checked against its id and tar header. Errors say what is wrong, for the
+    /// caller to attribute to the pack.
+    fn blob(&mut self, stream: &mut OpenStream, pack: Id, id: &Id, location: &Location) -> Result<Vec<u8>, String> {
+        let frame = (pack, location.frame_offset, location.frame_length, location.frame_plain_length);
+        if self.last != Some(frame) {
+            self.last = None;
+            self.compressed.resize(location.frame_length as usize, 0);
+            stream.read_at(location.frame_offset, &mut self.compressed).map_err(|e| format!("blob {id}: reading its frame: {e}"))?;
+            self.plain.clear();
+            // Never more than the index announces, whatever the frame declares.
+            let capacity = location.frame_plain_length as usize;
+            self.plain.reserve(capacity);
+            self.decompressor
+                .decompress_to_buffer(&self.compressed, &mut self.plain)
+                .map_err(|e| format!("blob {id}: decompressing its frame into the {capacity} bytes its index entry allows: {e}"))?;
+            if self.plain.len() != capacity {
+                return Err(format!("blob {id}: its frame holds {} bytes, the index says {capacity}", self.plain.len()));
+            }
+            self.last = Some(frame);
+        }
+        let start = location.entry_offset as usize;
+        let end = start + TAR_BLOCK + location.plain_length as usize;
+        let expected = tar_header(id, location.kind, location.plain_length.into());
+        if self.plain.get(start..start + TAR_BLOCK) != Some(&expected[..]) || end > self.plain.len() {
+            return Err(format!("blob {id}: its tar entry does not match the index"));
+        }
+        let data = &self.plain[start + TAR_BLOCK..end];
+        if Id::of(data) != *id {
+            return Err(format!("blob {id}: content hash mismatch"));
+        }
+        Ok(data.to_vec())
+    }
+}
+
 /// Reads single blobs by id, keeping the few most recently used packs open: restore reads mostly in
 /// pack order, and reopening an encrypted pack costs a key unwrap.
 pub struct BlobReader<'a> {
@@ -435,8 +526,7 @@ pub struct BlobReader<'a> {
     index: &'a Index,
     identities: Option<&'a Identities>,
     open: Vec<(Id, OpenStream)>,
-    decompressor: zstd::bulk::Decompressor<'static>,
-    frame: Vec<u8>,
+    frames: FrameDecoder,
 }
 
 const OPEN_PACKS: usize = 4;
@@ -447,7 +537,7 @@ impl<'a> BlobReader<'a> {
             let ids = identities.ok_or(RepoError::IdentityRequired)?;
             crypt::check_identity(&repo.config, ids)?;
         }
-        Ok(BlobReader { repo, index, identities, open: Vec::new(), decompressor: zstd::bulk::Decompressor::new().expect("zstd"), frame: Vec::new() })
+        Ok(BlobReader { repo, index, identities, open: Vec::new(), frames: FrameDecoder::new() })
     }
 
     pub fn index(&self) -> &'a Index {
@@ -478,29 +568,19 @@ impl<'a> BlobReader<'a> {
         let (pack_id, _) = self.index.pack_of(location);
         let what = format!("pack {pack_id}");
         check_bounds(&self.repo.config, id, location).map_err(|detail| RepoError::corrupt(&what, detail))?;
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.resize(location.length as usize, 0);
-        let read = self.stream(pack_id)?.read_at(location.offset, &mut frame);
-        let decoded = match read {
-            Ok(()) => decode_frame(&mut self.decompressor, &frame, id, location).map_err(|detail| RepoError::corrupt(&what, detail)),
-            Err(e) => Err(RepoError::corrupt(&what, format!("reading blob {id}: {e}"))),
-        };
-        self.frame = frame;
-        decoded
-    }
-
-    fn stream(&mut self, pack_id: Id) -> Result<&mut OpenStream, RepoError> {
-        if let Some(pos) = self.open.iter().position(|(id, _)| *id == pack_id) {
-            let entry = self.open.remove(pos);
-            self.open.push(entry);
+        let open = &mut self.open;
+        if let Some(pos) = open.iter().position(|(id, _)| *id == pack_id) {
+            let entry = open.remove(pos);
+            open.push(entry);
         } else {
             let stream = OpenStream { stream: open_pack_stream(self.repo, self.identities, pack_id)?, position: 0 };
-            if self.open.len() == OPEN_PACKS {
-                self.open.remove(0);
+            if open.len() == OPEN_PACKS {
+                open.remove(0);
             }
-            self.open.push((pack_id, stream));
+            open.push((pack_id, stream));
         }
-        Ok(&mut self.open.last_mut().expect("just pushed").1)
+        let stream = &mut open.last_mut().expect("just pushed").1;
+        self.frames.blob(stream, pack_id, id, location).map_err(|detail| RepoError::corrupt(&what, detail))
     }
 }
 
@@ -514,47 +594,38 @@ fn open_pack_stream(repo: &Repository, identities: Option<&Identities>, pack_id:
 }
 
 /// The index is as untrusted as the rest: its lengths are checked against the format's limits before
-/// they size a buffer, and decompression never produces more than the entry they announce.
+/// they size a buffer, and decompression never produces more than the frame they announce.
 fn check_bounds(config: &super::RepoConfig, id: &Id, location: &Location) -> Result<(), String> {
     let limit = match location.kind {
         BlobKind::Data => config.chunker.max_size as u64,
         BlobKind::Tree => super::tree::MAX_TREE_SIZE,
     };
-    if location.plain_length > limit {
+    let plain_length = u64::from(location.plain_length);
+    if plain_length > limit {
         return Err(format!(
-            "blob {id}: the index says it holds {} bytes; a {} blob holds at most {limit} (docs/FORMAT.md, \"Limits\")",
-            location.plain_length,
+            "blob {id}: the index says it holds {plain_length} bytes; a {} blob holds at most {limit} (docs/FORMAT.md, \"Limits\")",
             location.kind.as_str()
         ));
     }
-    let frame_limit = zstd::zstd_safe::compress_bound(2 * TAR_BLOCK + location.plain_length as usize) as u64;
-    if location.length > frame_limit {
-        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {} bytes is at most {frame_limit}", location.length, location.plain_length));
+    let entry_end = u64::from(location.entry_offset) + entry_length(plain_length);
+    let frame_plain = u64::from(location.frame_plain_length);
+    if location.entry_offset as usize % TAR_BLOCK != 0 || entry_end > frame_plain {
+        return Err(format!("blob {id}: the index places its tar entry outside its frame"));
+    }
+    if frame_plain > MAX_SHARED_FRAME.max(entry_length(plain_length)) {
+        return Err(format!("blob {id}: the index says its frame holds {frame_plain} bytes; a frame holds at most {MAX_SHARED_FRAME} or one entry"));
+    }
+    let frame_limit = zstd::zstd_safe::compress_bound(frame_plain as usize) as u64;
+    if u64::from(location.frame_length) > frame_limit {
+        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {frame_plain} bytes is at most {frame_limit}", location.frame_length));
     }
     Ok(())
 }
 
-/// Decompresses one frame and checks that it is the tar entry of blob `id` with the right content.
-fn decode_frame(decompressor: &mut zstd::bulk::Decompressor, frame: &[u8], id: &Id, location: &Location) -> Result<Vec<u8>, String> {
-    let capacity = TAR_BLOCK + location.plain_length as usize + TAR_BLOCK;
-    let entry = decompressor
-        .decompress(frame, capacity)
-        .map_err(|e| format!("blob {id}: decompressing its frame into the {capacity} bytes its index entry allows: {e}"))?;
-    let expected = tar_header(id, location.kind, location.plain_length);
-    let end = TAR_BLOCK + location.plain_length as usize;
-    if entry.len() < end || entry[..TAR_BLOCK] != expected {
-        return Err(format!("blob {id}: its tar entry does not match the index"));
-    }
-    let data = entry[TAR_BLOCK..end].to_vec();
-    if Id::of(&data) != *id {
-        return Err(format!("blob {id}: content hash mismatch"));
-    }
-    Ok(data)
-}
-
 /// Reads a whole pack: checks its stored bytes against its name and, when it can be decrypted, every
-/// blob in it against the index. Returns what is wrong, if anything.
-pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index: &[(Id, Location)], pack_id: Id) -> Result<Vec<String>, RepoError> {
+/// blob its index object lists. Returns what is wrong, if anything.
+pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index: &PackIndex) -> Result<Vec<String>, RepoError> {
+    let pack_id = pack_index.pack;
     let mut problems = Vec::new();
     let mut raw = repo.storage.open(&Key::new(ObjectKind::Pack, pack_id.hex()))?;
     let mut hasher = blake3::Hasher::new();
@@ -567,21 +638,13 @@ pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index
         return Ok(problems);
     }
     let mut stream = OpenStream { stream: open_pack_stream(repo, identities, pack_id)?, position: 0 };
-    let mut decompressor = zstd::bulk::Decompressor::new().expect("zstd");
-    let mut frame = Vec::new();
-    let mut blobs: Vec<&(Id, Location)> = pack_index.iter().collect();
-    blobs.sort_by_key(|(_, l)| l.offset);
-    for (id, location) in blobs {
-        if let Err(detail) = check_bounds(&repo.config, id, location) {
-            problems.push(format!("pack {pack_id}: {detail}"));
-            continue;
-        }
-        frame.resize(location.length as usize, 0);
-        if let Err(e) = stream.read_at(location.offset, &mut frame) {
-            problems.push(format!("pack {pack_id}: blob {id}: {e}"));
-            break;
-        }
-        if let Err(detail) = decode_frame(&mut decompressor, &frame, id, location) {
+    let mut frames = FrameDecoder::new();
+    let mut blobs: Vec<&PackedBlob> = pack_index.blobs.iter().collect();
+    blobs.sort_by_key(|b| (b.frame_offset, b.entry_offset));
+    for blob in blobs {
+        let location = Location::in_pack(0, blob);
+        let checked = check_bounds(&repo.config, &blob.id, &location).and_then(|()| frames.blob(&mut stream, pack_id, &blob.id, &location));
+        if let Err(detail) = checked {
             problems.push(format!("pack {pack_id}: {detail}"));
         }
     }

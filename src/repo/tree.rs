@@ -7,7 +7,7 @@
 use super::format::{is_lower_hex, Node, RepoConfig, Snapshot, SourceRecord, Tree};
 use super::index::Index;
 use super::pack::BlobReader;
-use super::{BlobKind, Id, RepoError, FORMAT_VERSION};
+use super::{BlobKind, Id, RepoError};
 use crate::source::apply::is_safe_name;
 use crate::source::EntryKind;
 
@@ -111,7 +111,7 @@ fn check_node(node: &Node, index: &Index, max_chunk: u64) -> Result<(), String> 
 /// A blob's type and length by the index. Every copy must agree: a reader may read any of them, so a
 /// tree checked against one copy must hold whichever is read.
 fn indexed(index: &Index, blob: &Id) -> Result<(BlobKind, u64), String> {
-    let mut copies = index.locations(blob).map(|l| (l.kind, l.plain_length));
+    let mut copies = index.locations(blob).map(|l| (l.kind, u64::from(l.plain_length)));
     let first = copies.next().ok_or_else(|| format!("blob {blob} is in no index"))?;
     match copies.find(|copy| *copy != first) {
         Some(_) => Err(format!("blob {blob} is indexed twice with different types or lengths")),
@@ -128,8 +128,9 @@ fn is_snapshot_time(time: &str) -> bool {
 /// The manifest's own rules: a supported version, a well-formed time, sources with a valid root each
 /// named once, counts that add up, and packs listed once each in order.
 pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -> Result<(), String> {
-    if snapshot.version != FORMAT_VERSION {
-        return Err(format!("manifest version {} (this build reads {FORMAT_VERSION})", snapshot.version));
+    // A manifest is never newer than its repository (docs/FORMAT.md, "Versions").
+    if !(1..=config.version).contains(&snapshot.version) {
+        return Err(format!("manifest version {} in a repository of version {}", snapshot.version, config.version));
     }
     if !is_snapshot_time(&snapshot.time) {
         return Err(format!("time {:?} is not of the form 2026-11-25T07:51:03.329Z", snapshot.time));

@@ -129,6 +129,24 @@ impl Storage for FilesystemStorage {
         Ok(Box::new(FsWriter { file, tmp, root: self.root.clone() }))
     }
 
+    fn replace_config(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tmp_dir.join(format!("{}-{}.tmp", std::process::id(), TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed)));
+        let io_err = |e| StorageError::from_io(tmp.display(), e);
+        fs::create_dir_all(&tmp_dir).map_err(io_err)?;
+        let written = File::create_new(&tmp).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
+        });
+        let target = self.path(&Key::config());
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &target)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(StorageError::from_io(target.display(), e));
+        }
+        sync_dir(&self.root)
+    }
+
     fn open(&self, key: &Key) -> Result<Box<dyn ObjectReader>, StorageError> {
         let path = self.path(key);
         let file = File::open(&path).map_err(|e| StorageError::from_io(path.display(), e))?;

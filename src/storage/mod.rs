@@ -110,6 +110,9 @@ pub trait Storage: Send + Sync {
     /// Extends (never shortens) the retention lock of an object.
     fn retain(&self, key: &Key, until: SystemTime) -> Result<(), StorageError>;
     fn set_legal_hold(&self, key: &Key, hold: bool) -> Result<(), StorageError>;
+    /// Replaces the one object that is not named by its content, the config, as a whole (readers see
+    /// the old bytes or the new ones): `migrate` alone does this, once per format version.
+    fn replace_config(&self, bytes: &[u8]) -> Result<(), StorageError>;
 
     fn put(&self, key: &Key, bytes: &[u8]) -> Result<Commit, StorageError> {
         let mut writer = self.create()?;

@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use stackvault::repo::format::{Node, PackIndex, PackedBlob, SourceRecord, Summary, Tree};
+use stackvault::repo::format::{Node, SourceRecord, Summary, Tree};
+use stackvault::repo::packindex::{entry_length, PackIndex, PackedBlob};
 use stackvault::repo::pack::{tar_header, Packer, TAR_BLOCK};
 use stackvault::repo::{BlobKind, Id, Repository, Snapshot};
 use stackvault::source::EntryKind;
@@ -92,9 +93,17 @@ impl Craft {
         let pack_id = Id::of(&pack);
         let storage = &self.repo.storage;
         storage.put(&Key::new(ObjectKind::Pack, pack_id.hex()), &pack).unwrap();
-        let blob = PackedBlob { id, kind: BlobKind::Tree, offset: 0, length: frame_len, plain_length: indexed_len };
-        let index = PackIndex { version: 1, pack: pack_id, size: pack.len() as u64, blobs: vec![blob] };
-        storage.put(&Key::new(ObjectKind::Index, pack_id.hex()), &serde_json::to_vec(&index).unwrap()).unwrap();
+        let blob = PackedBlob {
+            id,
+            kind: BlobKind::Tree,
+            frame_offset: 0,
+            frame_length: frame_len as u32,
+            frame_plain_length: entry_length(len) as u32,
+            entry_offset: 0,
+            plain_length: indexed_len as u32,
+        };
+        let index = PackIndex { pack: pack_id, size: pack.len() as u64, blobs: vec![blob] };
+        storage.put(&Key::new(ObjectKind::Index, pack_id.hex()), &index.encode(self.repo.config.version)).unwrap();
         self.extra_packs.push(pack_id);
         id
     }
@@ -114,7 +123,7 @@ impl Craft {
         let mut packs: Vec<Id> = report.packs.iter().map(|p| p.pack).chain(self.extra_packs).collect();
         packs.sort();
         let snapshot = Snapshot {
-            version: 1,
+            version: self.repo.config.version,
             time: "2026-01-01T00:00:00.000Z".into(),
             stack: "crafted".into(),
             hostname: "attacker".into(),
