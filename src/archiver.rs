@@ -2,13 +2,16 @@
 //! each directory becomes a tree blob, and only blobs the repository lacks go to the packer.
 
 use std::collections::HashSet;
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 
 use crate::cache::{CacheCursor, CacheWriter, CachedFile};
+use crate::repo::crypt::Recipient;
 use crate::repo::format::{ChunkerParams, Node, Tree, Xattr};
-use crate::repo::pack::{Packer, ENTRY_HEADER};
+use crate::repo::pack::{PackReport, Packer, ENTRY_HEADER};
+use crate::repo::packindex::PackIndex;
 use crate::repo::tree::{MAX_DEPTH, MAX_TREE_SIZE};
-use crate::repo::{BlobKind, Id, Index, RepoError};
+use crate::repo::{BlobKind, Id, Index, RepoError, Repository};
 use crate::source::exclude::Excluded;
 use crate::source::{EntryKind, Event, EventSource, Meta, SourceError, Stamp};
 
@@ -58,21 +61,82 @@ impl CacheLink<'_, '_> {
     }
 }
 
+/// Where a blob stands for this run.
+enum Place {
+    /// In the repository, in the pack at this position of the index.
+    Stored(u32),
+    /// Handed to the packer in this run, not yet in a stored pack.
+    Queued,
+    /// Neither: it must be stored.
+    New,
+}
+
+/// The blobs of this run's stored packs that the files cache will name, with their packs' positions:
+/// the cache records a file before its new blobs are packed. Kept up to [`MAX_STORED`] blobs by the
+/// first 16 bytes of their ids (unique among any number of blobs a run could store), sorted at the end.
+#[derive(Default)]
+pub struct StoredBlobs {
+    blobs: Vec<([u8; 16], u32)>,
+}
+
+/// 20 bytes each: 10 MiB for a run storing 500,000 small files. A file whose blobs are beyond it is
+/// read again by the next run (the cache cannot name its packs), which then records them.
+const MAX_STORED: usize = 1 << 20;
+
+impl StoredBlobs {
+    fn add(&mut self, pack_index: &PackIndex, position: u32) {
+        let data = pack_index.blobs.iter().filter(|b| b.kind == BlobKind::Data);
+        let room = MAX_STORED.saturating_sub(self.blobs.len());
+        self.blobs.extend(data.take(room).map(|b| (b.id.0[..16].try_into().unwrap(), position)));
+    }
+
+    fn sort(&mut self) {
+        self.blobs.sort_unstable();
+    }
+
+    /// The position of the pack this run stored `id` in, if it did and kept it.
+    pub fn position(&self, id: &Id) -> Option<u32> {
+        let key: [u8; 16] = id.0[..16].try_into().unwrap();
+        self.blobs.binary_search_by_key(&key, |(prefix, _)| *prefix).ok().map(|at| self.blobs[at].1)
+    }
+}
+
+/// What a run stored, once its last pack is.
+pub struct Finished {
+    pub report: PackReport,
+    /// Every pack the archived trees reference, sorted.
+    pub packs: Vec<Id>,
+    pub stored: StoredBlobs,
+}
+
 pub struct Archiver<'a> {
-    index: &'a Index,
+    index: &'a mut Index,
     packer: Packer,
+    /// Packs stored so far, to enter the index.
+    committed: Receiver<PackIndex>,
     /// Shared so that a file's loop can hold it while the rest of `self` is borrowed mutably.
     cutter: Arc<Cutter>,
-    /// New blobs handed to the packer in this run.
+    /// New blobs handed to the packer whose pack is not stored yet: a few packs' worth.
     queued: HashSet<Id>,
-    /// Packs (positions in the index) holding existing blobs this run referenced.
-    reused_packs: HashSet<u32>,
+    stored: StoredBlobs,
+    /// Packs (positions in the index) holding blobs this run referenced.
+    referenced_packs: HashSet<u32>,
     pub new_bytes: u64,
 }
 
 impl<'a> Archiver<'a> {
-    pub fn new(index: &'a Index, packer: Packer, chunker: ChunkerParams) -> Self {
-        Archiver { index, packer, cutter: Arc::new(Cutter::new(&chunker)), queued: HashSet::new(), reused_packs: HashSet::new(), new_bytes: 0 }
+    pub fn new(index: &'a mut Index, repo: &Repository, recipients: Vec<Recipient>) -> Self {
+        let (sender, committed) = channel();
+        Archiver {
+            index,
+            packer: Packer::start(repo, recipients, sender),
+            committed,
+            cutter: Arc::new(Cutter::new(&repo.config.chunker)),
+            queued: HashSet::new(),
+            stored: StoredBlobs::default(),
+            referenced_packs: HashSet::new(),
+            new_bytes: 0,
+        }
     }
 
     /// Consumes one whole tree: a directory with everything below it, or a single regular file (a
@@ -159,41 +223,43 @@ impl<'a> Archiver<'a> {
 
     /// A file whose content follows as `Data` events.
     fn file(&mut self, source: &mut dyn EventSource, dir: &[u8], meta: Meta, stats: &mut TreeStats, cache: &mut CacheLink) -> Result<Node, ArchiveError> {
-        let (content, size) = self.file_content(source)?;
+        let (content, packs, size) = self.file_content(source)?;
         stats.bytes += size;
         let mut node = node_from(meta.clone(), content, None);
         // What was read is what the snapshot holds, even if the file changed meanwhile.
         node.size = size;
-        cache.record(cached(dir, &meta, &node));
+        cache.record(cached(dir, &meta, &node, packs));
         Ok(node)
     }
 
     /// A file the agent did not read because the files cache has it unchanged.
     fn reused(&mut self, cache: &mut CacheLink, dir: &[u8], meta: Meta, stats: &mut TreeStats) -> Result<Node, ArchiveError> {
         let path = join(dir, &meta.name);
-        let found = cache.previous.as_mut().and_then(|p| p.lookup(&path)).map(|f| f.content.clone());
-        let content = found.ok_or_else(|| {
+        let found = cache.previous.as_mut().and_then(|p| p.lookup(&path)).map(|f| (f.content.clone(), f.packs.clone()));
+        let (content, packs) = found.ok_or_else(|| {
             SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
         })?;
-        for id in &content {
-            if self.is_new(*id) {
-                return Err(RepoError::Missing(format!("blob {id} of reused file {}", String::from_utf8_lossy(&path))).into());
-            }
+        // The cursor passed only entries whose packs the index holds: no blob needs looking up.
+        for pack in &packs {
+            let position = pack.and_then(|p| self.index.position(&p));
+            let position = position.ok_or_else(|| RepoError::Missing(format!("a pack of reused file {}", String::from_utf8_lossy(&path))))?;
+            self.referenced_packs.insert(position);
         }
         stats.bytes += meta.size;
         stats.unchanged_files += 1;
         let node = node_from(meta.clone(), content, None);
-        cache.record(cached(dir, &meta, &node));
+        cache.record(cached(dir, &meta, &node, packs));
         Ok(node)
     }
 
     /// Cuts one file's content (its `Data` events up to `FileEnd`) into chunks and stores the new ones.
     /// Each chunk is assembled directly in an entry buffer of the packer, behind the room for its tar
     /// header, so its bytes are copied once on their way from the source to the compressor.
-    fn file_content(&mut self, source: &mut dyn EventSource) -> Result<(Vec<Id>, u64), ArchiveError> {
+    fn file_content(&mut self, source: &mut dyn EventSource) -> Result<(Vec<Id>, Vec<Option<Id>>, u64), ArchiveError> {
         let cutter = self.cutter.clone();
         let cutter = &*cutter;
         let mut content = Vec::new();
+        let mut packs = Vec::new();
         let mut size = 0;
         let mut entry = self.packer.entry_buffer();
         let mut scan = cutter.start();
@@ -210,7 +276,7 @@ impl<'a> Archiver<'a> {
                         entry.extend_from_slice(&rest[..take]);
                         rest = &rest[take..];
                         while let Some(cut) = cutter.scan(&mut scan, &entry[ENTRY_HEADER..], false) {
-                            entry = self.chunk(entry, cut, &mut content, &mut size)?;
+                            entry = self.chunk(entry, cut, (&mut content, &mut packs), &mut size)?;
                             scan = cutter.start();
                         }
                     }
@@ -228,59 +294,96 @@ impl<'a> Archiver<'a> {
         }
         while entry.len() > ENTRY_HEADER {
             let cut = cutter.scan(&mut scan, &entry[ENTRY_HEADER..], true).expect("at the end of a file there is always a cut");
-            entry = self.chunk(entry, cut, &mut content, &mut size)?;
+            entry = self.chunk(entry, cut, (&mut content, &mut packs), &mut size)?;
             scan = cutter.start();
         }
         self.packer.recycle(entry);
-        Ok((content, size))
+        Ok((content, packs, size))
     }
 
-    /// Stores the first `cut` bytes of `entry` as a chunk; returns a new entry buffer holding the rest.
-    fn chunk(&mut self, mut entry: Vec<u8>, cut: usize, content: &mut Vec<Id>, size: &mut u64) -> Result<Vec<u8>, RepoError> {
+    /// Stores the first `cut` bytes of `entry` as a chunk, noting its id and, where known, its pack;
+    /// returns a new entry buffer holding the rest.
+    fn chunk(&mut self, mut entry: Vec<u8>, cut: usize, (content, packs): (&mut Vec<Id>, &mut Vec<Option<Id>>), size: &mut u64) -> Result<Vec<u8>, RepoError> {
         let mut next = self.packer.entry_buffer();
         next.extend_from_slice(&entry[ENTRY_HEADER + cut..]);
         entry.truncate(ENTRY_HEADER + cut);
         let id = Id::of(&entry[ENTRY_HEADER..]);
         *size += cut as u64;
         content.push(id);
-        if self.is_new(id) {
-            self.new_bytes += cut as u64;
-            self.packer.add_entry(id, BlobKind::Data, entry)?;
-        } else {
-            self.packer.recycle(entry);
+        match self.place(id)? {
+            Place::Stored(position) => {
+                packs.push(Some(self.index.pack_at(position).0));
+                self.packer.recycle(entry);
+            }
+            Place::Queued => {
+                packs.push(None);
+                self.packer.recycle(entry);
+            }
+            Place::New => {
+                packs.push(None);
+                self.new_bytes += cut as u64;
+                self.queued.insert(id);
+                self.packer.add_entry(id, BlobKind::Data, entry)?;
+            }
         }
         Ok(next)
     }
 
-    /// Whether `id` must be stored: neither in the repository nor queued in this run already.
-    fn is_new(&mut self, id: Id) -> bool {
-        if let Some(location) = self.index.get(&id) {
-            self.reused_packs.insert(location.pack);
-            false
-        } else {
-            self.queued.insert(id)
+    /// Where `id` stands; a pack holding it counts as referenced.
+    fn place(&mut self, id: Id) -> Result<Place, RepoError> {
+        self.take_committed()?;
+        if self.queued.contains(&id) {
+            return Ok(Place::Queued);
         }
+        Ok(match self.index.get(&id)? {
+            Some(location) => {
+                self.referenced_packs.insert(location.pack);
+                Place::Stored(location.pack)
+            }
+            None => Place::New,
+        })
+    }
+
+    /// Enters the packs stored since the last call into the index: their blobs are no longer queued.
+    fn take_committed(&mut self) -> Result<(), RepoError> {
+        while let Ok(pack_index) = self.committed.try_recv() {
+            self.enter(&pack_index)?;
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self, pack_index: &PackIndex) -> Result<(), RepoError> {
+        let position = self.index.add(pack_index)?;
+        self.referenced_packs.insert(position);
+        for blob in &pack_index.blobs {
+            self.queued.remove(&blob.id);
+        }
+        self.stored.add(pack_index, position);
+        Ok(())
     }
 
     fn store(&mut self, id: Id, kind: BlobKind, data: Vec<u8>) -> Result<(), RepoError> {
-        if self.is_new(id) {
+        if let Place::New = self.place(id)? {
             if kind == BlobKind::Data {
                 self.new_bytes += data.len() as u64;
             }
+            self.queued.insert(id);
             self.packer.add(id, kind, data)?;
         }
         Ok(())
     }
 
-    /// Stores what is still queued; returns the packs written and the ids of every pack the
-    /// archived trees reference.
-    pub fn finish(self) -> Result<(crate::repo::pack::PackReport, Vec<Id>), RepoError> {
+    /// Stores what is still queued and enters the last packs into the index.
+    pub fn finish(mut self) -> Result<Finished, RepoError> {
         let report = self.packer.finish()?;
-        let mut packs: Vec<Id> = self.reused_packs.iter().map(|p| self.index.packs[*p as usize].0).collect();
-        packs.extend(report.packs.iter().map(|p| p.pack));
+        while let Ok(pack_index) = self.committed.try_recv() {
+            self.enter(&pack_index)?;
+        }
+        let mut packs: Vec<Id> = self.referenced_packs.iter().map(|p| self.index.pack_at(*p).0).collect();
         packs.sort();
         packs.dedup();
-        Ok((report, packs))
+        self.stored.sort();
+        Ok(Finished { report, packs, stored: self.stored })
     }
 }
 
@@ -295,9 +398,9 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     path
 }
 
-fn cached(dir: &[u8], meta: &Meta, node: &Node) -> CachedFile {
+fn cached(dir: &[u8], meta: &Meta, node: &Node, packs: Vec<Option<Id>>) -> CachedFile {
     let stamp = Stamp { size: node.size, ..meta.stamp() };
-    CachedFile { path: join(dir, &meta.name), stamp, content: node.content.clone() }
+    CachedFile { path: join(dir, &meta.name), stamp, content: node.content.clone(), packs }
 }
 
 pub fn node_from(meta: Meta, content: Vec<Id>, subtree: Option<Id>) -> Node {
@@ -484,8 +587,8 @@ mod tests {
             }
         }
         events.push(Event::DirEnd);
-        let index = Index::default();
-        let mut archiver = Archiver::new(&index, Packer::start(&repo, Vec::new()), params.clone());
+        let mut index = Index::temporary().unwrap();
+        let mut archiver = Archiver::new(&mut index, &repo, Vec::new());
         let root = archiver.archive(&mut Events(events.into_iter()), &mut CacheLink::default()).unwrap().root;
         archiver.finish().unwrap();
 

@@ -10,15 +10,15 @@ use std::time::Instant;
 use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
-use crate::archiver::{ArchiveError, Archiver, CacheLink};
+use crate::archiver::{ArchiveError, Archiver, CacheLink, Finished};
 use crate::cache::{CacheCursor, FilesCache};
 use crate::config::Config;
 use crate::docker::discover::{discover, MountSource};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
-use crate::repo::pack::Packer;
-use crate::repo::{Id, Index, RepoError, Repository, Snapshot};
+use crate::repo::index::KnownPacks;
+use crate::repo::{Id, RepoError, Repository, Snapshot};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
@@ -134,9 +134,9 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let work_engine = engine.clone();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let engine = work_engine;
-        let index = repo.load_index()?;
-        let packer = Packer::start(&repo, recipients);
-        let mut archiver = Archiver::new(&index, packer, repo.config.chunker.clone());
+        let mut index = repo.load_index()?;
+        let known = index.known_packs();
+        let mut archiver = Archiver::new(&mut index, &repo, recipients);
         let mut records = Vec::new();
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
@@ -145,7 +145,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             let cache = source.files_cache(&config, &repo);
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
-            let mut previous = cache.cursor(&index);
+            let mut previous = cache.cursor(&known);
             let (mut next, mut cache_failed) = match cache.writer() {
                 Ok(writer) => (Some(writer), None),
                 Err(e) => (None, Some(e)),
@@ -154,7 +154,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                 let mut link = CacheLink { previous: Some(&mut previous), next: next.as_mut(), failed: None };
                 archiver.archive(events, &mut link).map(|archived| (archived, link.failed))
             };
-            let ((archived, failed), route) = read_source(&handle, engine.as_deref(), &source, &cache, &index, &reading, consume)?;
+            let ((archived, failed), route) = read_source(&handle, engine.as_deref(), &source, &cache, &known, &reading, consume)?;
             cache_failed = cache_failed.or(failed);
             routes.push(route);
             unchanged_files += archived.stats.unchanged_files;
@@ -181,15 +181,17 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
         let new_bytes = archiver.new_bytes;
-        let (report, packs) = archiver.finish()?;
-        Ok((repo, records, caches, unchanged_files, new_bytes, report, packs, routes, config))
+        let finished = archiver.finish()?;
+        // What the run stored enters the next run's index without reading it back.
+        index.persist()?;
+        Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config))
     })
     .await
     .expect("backup thread panicked");
     if let Some(engine) = &engine {
         engine.finish().await;
     }
-    let (repo, sources, caches, unchanged_files, new_bytes, report, packs, routes, config) = archived?;
+    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, index, routes, config) = archived?;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -205,7 +207,10 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     // Only now: the cache describes what a snapshot holds.
     let warnings = caches
         .into_iter()
-        .filter_map(|(writer, failed)| failed.map_or_else(|| writer.and_then(|w| w.commit().err()), Some))
+        .filter_map(|(writer, failed)| {
+            let pack_of = |id: &Id| stored.position(id).map(|position| index.pack_at(position).0);
+            failed.map_or_else(|| writer.and_then(|w| w.commit(&pack_of).err()), Some)
+        })
         .map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display()))
         .collect();
     Ok(BackupOutcome { id, snapshot, skipped, warnings, routes })
@@ -236,7 +241,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
     let work_engine = engine.clone();
     let scans = tokio::task::spawn_blocking(move || -> Result<Vec<SourceScan>, Error> {
         let engine = work_engine;
-        let index = repo.load_index()?;
+        let known = repo.load_index()?.known_packs();
         let mut scans = Vec::new();
         for source in &sources {
             let cache = source.files_cache(&config, &repo);
@@ -253,7 +258,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
                 unchanged_bytes: 0,
                 excluded: Vec::new(),
             };
-            let ((), route) = read_source(&handle, engine.as_deref(), source, &cache, &index, &reading, |events| tally_scan(events, &mut scan))?;
+            let ((), route) = read_source(&handle, engine.as_deref(), source, &cache, &known, &reading, |events| tally_scan(events, &mut scan))?;
             scan.route = route;
             scans.push(scan);
         }
@@ -311,7 +316,7 @@ fn read_source<T>(
     engine: Option<&Engine>,
     source: &Planned,
     cache: &FilesCache,
-    index: &Index,
+    known: &KnownPacks,
     reading: &Reading,
     consume: impl FnOnce(&mut dyn EventSource) -> Result<T, ArchiveError>,
 ) -> Result<(T, String), Error> {
@@ -329,7 +334,7 @@ fn read_source<T>(
         let (tx, rx) = sync_channel(4);
         let consumed = std::thread::scope(|scope| {
             scope.spawn(|| {
-                let mut stamps = cache.cursor(index);
+                let mut stamps = cache.cursor(known);
                 let mut sink = ChannelSink::new(tx);
                 let result = walk::walk(&path, &mut |p| stamps.lookup(p).map(|f| f.stamp), &options, &mut |event| sink.send(event));
                 if let Err(e) = result {
@@ -342,7 +347,7 @@ fn read_source<T>(
     }
     let (Planned::Mount(mount), Some(engine)) = (source, engine) else { unreachable!("only mounts come without a local path") };
     let route = format!("through a helper, {}", engine.route());
-    read_mount(handle, engine, mount, &shown, cache.cursor(index), reading, consume).map(|t| (t, route))
+    read_mount(handle, engine, mount, &shown, cache.cursor(known), reading, consume).map(|t| (t, route))
 }
 
 /// Reads a volume or bind mount through a helper that runs the agent with the source mounted read-only:

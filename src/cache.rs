@@ -1,24 +1,31 @@
-//! The files cache: for each source, the metadata stamp and content ids of every regular file in the
-//! last snapshot, kept on the sidecar's own disk. With it the next run reads only files whose stamp
-//! changed. It cannot live in the repository: trees are encrypted and the sidecar holds no identity.
-//! Losing it costs one full read, never correctness: every entry is checked against the index first.
+//! The files cache: for each source, the metadata stamp, content ids and the packs holding them of
+//! every regular file in the last snapshot, kept on the sidecar's own disk. With it the next run reads
+//! only files whose stamp changed, and looks up none of the unchanged files' blobs: their packs are
+//! named here. It cannot live in the repository: trees are encrypted and the sidecar holds no
+//! identity. Losing it costs one full read, never correctness: an entry is used only if every pack it
+//! names is in the index.
 //!
 //! It is a stream, never held whole: records in walk order (depth first, names sorted by their
 //! bytes: [`walk_order`]), written while a source is archived and read back, next time, alongside
 //! the walk by merging (a [`CacheCursor`] per reader). Memory stays the same for 100 files or 10
 //! million. Record: path (u32 LE length, bytes), size u64, mtime_ns i64, ctime_ns i64, inode u64,
-//! blob count u32, then the 32-byte ids; the whole zstd-compressed, after a magic line.
+//! blob count u32, then per blob its 32-byte id and the 32-byte id of its pack (zeros: not known);
+//! the whole zstd-compressed, after a magic line.
+//!
+//! A blob stored by the run that writes the cache gets its pack only once the pack is stored, after
+//! the file was recorded: [`CacheWriter::commit`] fills those in from what the run stored.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::repo::{Id, Index};
+use crate::repo::index::KnownPacks;
+use crate::repo::Id;
 use crate::source::walk::WalkMerge;
 use crate::source::Stamp;
 
 /// The first bytes of a cache file of this layout; any other file is taken for an empty cache.
-const MAGIC: &[u8; 16] = b"stackvault-fc-2\n";
+const MAGIC: &[u8; 16] = b"stackvault-fc-3\n";
 /// A path longer than this is no path a walk produced: the file is damaged.
 const MAX_PATH: usize = 1 << 16;
 /// Likewise for a file's blob count (a 16 TiB file at 64 KiB chunks has 2^28).
@@ -31,6 +38,8 @@ pub struct CachedFile {
     pub path: Vec<u8>,
     pub stamp: Stamp,
     pub content: Vec<Id>,
+    /// The pack holding each blob of `content`, where known.
+    pub packs: Vec<Option<Id>>,
 }
 
 /// The cache of one source of one repository.
@@ -48,16 +57,16 @@ impl FilesCache {
         FilesCache { path }
     }
 
-    /// A reader over the cache, from its start. Entries whose blobs the index lacks are skipped; a
-    /// missing or unreadable cache reads as empty.
-    pub fn cursor<'i>(&self, index: &'i Index) -> CacheCursor<'i> {
+    /// A reader over the cache, from its start. Entries that name a pack not in `packs`, or none, are
+    /// skipped; a missing or unreadable cache reads as empty.
+    pub fn cursor<'i>(&self, packs: &'i KnownPacks) -> CacheCursor<'i> {
         let input = File::open(&self.path).ok().and_then(|f| {
             let mut magic = [0u8; MAGIC.len()];
             let mut decoder = zstd::stream::read::Decoder::new(f).ok()?;
             decoder.read_exact(&mut magic).ok().filter(|()| magic == *MAGIC)?;
             Some(BufReader::with_capacity(256 << 10, decoder))
         });
-        WalkMerge::new(CacheRecords { input, index }, |file| &file.path)
+        WalkMerge::new(CacheRecords { input, packs }, |file| &file.path)
     }
 
     /// A writer for the next run's cache, at a temporary name until [`CacheWriter::commit`].
@@ -66,9 +75,7 @@ impl FilesCache {
         std::fs::create_dir_all(dir)?;
         self.remove_abandoned();
         let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(&tmp)?), 3)?;
-        encoder.write_all(MAGIC)?;
-        Ok(CacheWriter { encoder: Some(encoder), tmp, path: self.path.clone() })
+        Ok(CacheWriter { encoder: Some(encoder_at(&tmp)?), tmp, path: self.path.clone() })
     }
 }
 
@@ -80,7 +87,8 @@ impl FilesCache {
         let Ok(listing) = std::fs::read_dir(self.path.parent().expect("cache paths have a parent")) else { return };
         for entry in listing.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok());
+            // `<stem>.tmp-<pid>`, or its copy being resolved, `<stem>.tmp-<pid>-resolved`.
+            let pid = name.strip_prefix(&prefix).and_then(|p| p.trim_end_matches("-resolved").parse::<u32>().ok());
             if pid.is_some_and(|pid| crate::process_start(pid).is_none()) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -94,7 +102,7 @@ pub type CacheCursor<'i> = WalkMerge<CachedFile, CacheRecords<'i>>;
 /// The usable records of a cache file, in order.
 pub struct CacheRecords<'i> {
     input: Option<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
-    index: &'i Index,
+    packs: &'i KnownPacks,
 }
 
 impl Iterator for CacheRecords<'_> {
@@ -104,7 +112,7 @@ impl Iterator for CacheRecords<'_> {
         loop {
             let input = self.input.as_mut()?;
             match read_record(input) {
-                Ok(Some(entry)) if entry.content.iter().all(|id| self.index.contains(id)) => return Some(entry),
+                Ok(Some(entry)) if entry.packs.iter().all(|pack| pack.is_some_and(|p| self.packs.contains_key(&p))) => return Some(entry),
                 Ok(Some(_)) => continue,
                 // The end, or a damaged tail: what came before stays usable.
                 Ok(None) | Err(_) => {
@@ -138,12 +146,35 @@ fn read_record(input: &mut impl Read) -> io::Result<Option<CachedFile>> {
         return Err(bad("more blobs than any file has"));
     }
     let mut content = Vec::with_capacity(count.min(1024));
+    let mut packs = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        let mut id = [0u8; 32];
-        input.read_exact(&mut id)?;
-        content.push(Id(id));
+        let mut ids = [0u8; 64];
+        input.read_exact(&mut ids)?;
+        content.push(Id(ids[..32].try_into().unwrap()));
+        packs.push(Some(Id(ids[32..].try_into().unwrap())).filter(|pack| pack.0 != [0; 32]));
     }
-    Ok(Some(CachedFile { path, stamp, content }))
+    Ok(Some(CachedFile { path, stamp, content, packs }))
+}
+
+fn encoder_at(path: &Path) -> io::Result<zstd::stream::write::Encoder<'static, BufWriter<File>>> {
+    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(path)?), 3)?;
+    encoder.write_all(MAGIC)?;
+    Ok(encoder)
+}
+
+fn write_record(out: &mut impl Write, file: &CachedFile) -> io::Result<()> {
+    out.write_all(&(file.path.len() as u32).to_le_bytes())?;
+    out.write_all(&file.path)?;
+    let Stamp { size, mtime_ns, ctime_ns, ino } = file.stamp;
+    for v in [size, mtime_ns as u64, ctime_ns as u64, ino] {
+        out.write_all(&v.to_le_bytes())?;
+    }
+    out.write_all(&(file.content.len() as u32).to_le_bytes())?;
+    for (id, pack) in file.content.iter().zip(&file.packs) {
+        out.write_all(&id.0)?;
+        out.write_all(&pack.map_or([0; 32], |p| p.0))?;
+    }
+    Ok(())
 }
 
 /// Writes the next run's cache as a source is archived. Dropped without `commit`, it leaves nothing.
@@ -156,26 +187,37 @@ pub struct CacheWriter {
 impl CacheWriter {
     /// Adds the next file, in walk order.
     pub fn add(&mut self, file: &CachedFile) -> io::Result<()> {
-        let out = self.encoder.as_mut().expect("not committed");
-        out.write_all(&(file.path.len() as u32).to_le_bytes())?;
-        out.write_all(&file.path)?;
-        let Stamp { size, mtime_ns, ctime_ns, ino } = file.stamp;
-        for v in [size, mtime_ns as u64, ctime_ns as u64, ino] {
-            out.write_all(&v.to_le_bytes())?;
-        }
-        out.write_all(&(file.content.len() as u32).to_le_bytes())?;
-        for id in &file.content {
-            out.write_all(&id.0)?;
-        }
-        Ok(())
+        debug_assert_eq!(file.content.len(), file.packs.len());
+        write_record(self.encoder.as_mut().expect("not committed"), file)
     }
 
-    /// Makes this the source's cache (temporary name, then rename). Called once the snapshot that the
-    /// cache describes is stored.
-    pub fn commit(mut self) -> io::Result<()> {
+    /// Makes this the source's cache, called once the snapshot that the cache describes is stored:
+    /// the records are copied to a second temporary file with the packs `stored` now knows filled in
+    /// (a blob it does not know leaves its file to be read again next time), which is then renamed.
+    pub fn commit(mut self, stored: &dyn Fn(&Id) -> Option<Id>) -> io::Result<()> {
         let encoder = self.encoder.take().expect("committed once");
         encoder.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)?;
+        let resolved = self.tmp.with_extension(format!("{}-resolved", self.tmp.extension().and_then(|e| e.to_str()).unwrap_or("tmp")));
+        let copied = (|| -> io::Result<()> {
+            let mut input = zstd::stream::read::Decoder::new(File::open(&self.tmp)?)?;
+            let mut magic = [0u8; MAGIC.len()];
+            input.read_exact(&mut magic)?;
+            let mut input = BufReader::with_capacity(256 << 10, input);
+            let mut out = encoder_at(&resolved)?;
+            while let Some(mut file) = read_record(&mut input)? {
+                for (id, pack) in file.content.iter().zip(file.packs.iter_mut()) {
+                    *pack = pack.or_else(|| stored(id));
+                }
+                write_record(&mut out, &file)?;
+            }
+            out.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&resolved, &self.path)
+        })();
+        let _ = std::fs::remove_file(&self.tmp);
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&resolved);
+        }
+        copied?;
         // The layout of earlier versions (`<hash>.json.zst`), which this one does not read.
         if let Some(stem) = self.path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".files.zst")) {
             let _ = std::fs::remove_file(self.path.with_file_name(format!("{stem}.json.zst")));
@@ -197,29 +239,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cache_streams_back_in_order_and_skips_what_the_index_lacks() {
+    fn a_cache_streams_back_in_order_fills_in_packs_and_skips_what_the_index_lacks() {
         let dir = std::env::temp_dir().join(format!("sv-cache-{}", std::process::id()));
         let cache = FilesCache::new(dir.join("repo").join("c.files.zst"));
-        let present = Id::of(b"present");
-        let mut index = Index::default();
-        index.add(&crate::repo::packindex::PackIndex {
-            pack: Id::of(b"pack"),
-            size: 1,
-            blobs: vec![crate::repo::packindex::PackedBlob {
-                id: present,
-                kind: crate::repo::BlobKind::Data,
-                frame_offset: 0,
-                frame_length: 1,
-                frame_plain_length: 1024,
-                entry_offset: 0,
-                plain_length: 1,
-            }],
-        });
+        let (present, stored, gone) = (Id::of(b"present"), Id::of(b"stored now"), Id::of(b"pack gone"));
+        let pack = Id::of(b"pack");
+        let known: KnownPacks = std::sync::Arc::new([(pack, 0)].into_iter().collect());
         let stamp = |n| Stamp { size: n, mtime_ns: -(n as i64), ctime_ns: 3, ino: 4 };
+        let file = |path: &[u8], n, blobs: Vec<(Id, Option<Id>)>| CachedFile {
+            path: path.to_vec(),
+            stamp: stamp(n),
+            content: blobs.iter().map(|b| b.0).collect(),
+            packs: blobs.iter().map(|b| b.1).collect(),
+        };
         let files = [
-            CachedFile { path: b"a/x".to_vec(), stamp: stamp(1), content: vec![present] },
-            CachedFile { path: b"a/y".to_vec(), stamp: stamp(2), content: vec![Id::of(b"gone")] },
-            CachedFile { path: b"b\xff".to_vec(), stamp: stamp(3), content: vec![] },
+            file(b"a/x", 1, vec![(present, Some(pack)), (stored, None)]),
+            file(b"a/y", 2, vec![(present, Some(gone))]),
+            file(b"a/z", 2, vec![(Id::of(b"not stored"), None)]),
+            file(b"b\xff", 3, vec![]),
         ];
         // A killed run's temporary cache goes when the next run writes one.
         std::fs::create_dir_all(dir.join("repo")).unwrap();
@@ -231,21 +268,23 @@ mod tests {
             writer.add(f).unwrap();
         }
         drop(writer);
-        assert!(cache.cursor(&index).next().is_none(), "an uncommitted cache is no cache");
+        assert!(cache.cursor(&known).next().is_none(), "an uncommitted cache is no cache");
         let mut writer = cache.writer().unwrap();
         for f in &files {
             writer.add(f).unwrap();
         }
-        writer.commit().unwrap();
+        writer.commit(&|id| (*id == stored).then_some(pack)).unwrap();
+        assert_eq!(std::fs::read_dir(dir.join("repo")).unwrap().count(), 1, "no temporary file is left");
 
-        let mut cursor = cache.cursor(&index);
-        assert_eq!(cursor.lookup(b"a/x"), Some(&files[0]));
-        assert_eq!(cursor.lookup(b"a/y"), None, "its blob is gone from the index");
-        assert_eq!(cursor.lookup(b"a/z"), None);
-        assert_eq!(cursor.lookup(b"b\xff"), Some(&files[2]));
+        let mut cursor = cache.cursor(&known);
+        let x = file(b"a/x", 1, vec![(present, Some(pack)), (stored, Some(pack))]);
+        assert_eq!(cursor.lookup(b"a/x"), Some(&x));
+        assert_eq!(cursor.lookup(b"a/y"), None, "its pack is gone from the index");
+        assert_eq!(cursor.lookup(b"a/z"), None, "its blob's pack is not known");
+        assert_eq!(cursor.lookup(b"b\xff"), Some(&files[3]));
         assert_eq!(cursor.lookup(b"c"), None);
-        let all: Vec<_> = cache.cursor(&index).collect();
-        assert_eq!(all, vec![files[0].clone(), files[2].clone()]);
+        let all: Vec<_> = cache.cursor(&known).collect();
+        assert_eq!(all, vec![x, files[3].clone()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -52,7 +52,9 @@ pub fn open_repository(config: &Config) -> Result<Repository, Error> {
         StorageError::NotFound { location } => RepoError::NotARepository(location),
         other => RepoError::Storage(other),
     })?;
-    Ok(Repository::open(Arc::new(storage))?)
+    let mut repo = Repository::open(Arc::new(storage))?;
+    repo.index_cache = Some(config.cache_dir().join(&repo.config.id).join("index"));
+    Ok(repo)
 }
 
 pub fn program() -> String {

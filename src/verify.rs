@@ -35,7 +35,7 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     let index = repo.load_index()?;
     let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
     let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
-    let known_sizes: HashMap<Id, u64> = index.packs.iter().copied().collect();
+    let known_sizes: HashMap<Id, u64> = index.packs().collect();
     let unreadable = unreadable.iter().chain(&index.unreadable).map(|e| e.to_string()).collect();
     let mut report = VerifyReport { unreadable, ..VerifyReport::default() };
 
@@ -94,9 +94,12 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
         let listed: HashSet<Id> = snapshot.packs.iter().copied().collect();
         // A blob stored more than once needs one copy in a listed pack (FORMAT.md, "Snapshot manifests").
         let unlisted = |what: &str, blob: &Id| {
-            let mut packs = index.locations(blob).map(|l| index.pack_of(l).0).peekable();
-            packs.peek()?;
-            (!packs.any(|p| listed.contains(&p))).then(|| format!("{what} {blob}: no pack the snapshot lists holds it"))
+            let locations = match index.locations(blob) {
+                Ok(locations) => locations,
+                Err(e) => return Some(e.to_string()),
+            };
+            let unlisted = !locations.is_empty() && !locations.iter().any(|l| listed.contains(&index.pack_of(l).0));
+            unlisted.then(|| format!("{what} {blob}: no pack the snapshot lists holds it"))
         };
         match check_snapshot(snapshot, &index, &repo.config) {
             Err(detail) => problems.push(RepoError::invalid(id, detail).to_string()),

@@ -44,6 +44,8 @@ pub enum RepoError {
     RecipientsMismatch(String),
     #[error("{0}")]
     Crypto(String),
+    #[error("the local index in {dir}: {detail}; remove that directory to have it rebuilt from the repository")]
+    LocalIndex { dir: String, detail: String },
     #[error("the {0} stopped before the backup finished")]
     Stopped(&'static str),
     #[error("snapshot {snapshot}: {detail}; the snapshot is damaged or was crafted: restore another one, and run `stackvault verify`")]
@@ -153,6 +155,8 @@ pub struct Snapshots {
 pub struct Repository {
     pub storage: Arc<dyn Storage>,
     pub config: RepoConfig,
+    /// Where this host keeps the repository's index (a directory of its own); none: a temporary one.
+    pub index_cache: Option<std::path::PathBuf>,
 }
 
 impl Repository {
@@ -162,7 +166,7 @@ impl Repository {
         }
         let config = RepoConfig::new(recipients)?;
         storage.put(&Key::config(), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
-        Ok(Repository { storage, config })
+        Ok(Repository { storage, config, index_cache: None })
     }
 
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self, RepoError> {
@@ -176,7 +180,7 @@ impl Repository {
             return Err(RepoError::UnsupportedVersion { found: config.version });
         }
         config.check().map_err(|e| RepoError::corrupt("the config object", e))?;
-        Ok(Repository { storage, config })
+        Ok(Repository { storage, config, index_cache: None })
     }
 
     /// Moves the repository to the newest format version, returning the version it had, or `None`
@@ -194,7 +198,7 @@ impl Repository {
     }
 
     pub fn load_index(&self) -> Result<Index, RepoError> {
-        Index::load(self.storage.as_ref())
+        Index::load(self.storage.as_ref(), self.index_cache.as_deref())
     }
 
     /// Every snapshot, oldest first, and apart the objects under `snapshots/` that are not one (a name

@@ -7,7 +7,7 @@
 //! final name), then the pack's index object, while the writer fills the next one.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,9 +34,10 @@ pub fn tar_header(id: &Id, kind: BlobKind, len: u64) -> [u8; TAR_BLOCK] {
     *header.as_bytes()
 }
 
-/// A writer closes a pack at this many blobs, whatever their size, so that its index object stays far
-/// below `MAX_INDEX_OBJECT` (60 bytes per blob in version 2, about 190 of JSON in version 1).
-pub const MAX_PACK_BLOBS: usize = 100_000;
+/// A writer closes a pack at this many blobs, whatever their size: its index object stays far below
+/// `MAX_INDEX_OBJECT` (60 bytes per blob in version 2, about 190 of JSON in version 1), and a backup's
+/// blobs on their way into packs, which it must remember, stay few.
+pub const MAX_PACK_BLOBS: usize = 25_000;
 
 /// Small blobs' entries are gathered into frames of up to this many bytes: enough for zstd to find what
 /// they share (names, headers, similar content), little to decompress for reading one of them.
@@ -110,7 +111,8 @@ struct OpenPack {
 /// What the writer stored during one run.
 #[derive(Debug, Default)]
 pub struct PackReport {
-    pub packs: Vec<PackIndex>,
+    /// The packs stored, in order.
+    pub packs: Vec<Id>,
     pub stored_bytes: u64,
 }
 
@@ -179,7 +181,9 @@ pub struct Packer {
 }
 
 impl Packer {
-    pub fn start(repo: &Repository, recipients: Vec<Recipient>) -> Self {
+    /// Starts the pipeline; each pack's index is sent to `committed` once the pack and its index object
+    /// are stored (the receiver may be gone: nothing waits for it).
+    pub fn start(repo: &Repository, recipients: Vec<Recipient>, committed: Sender<PackIndex>) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
         let (job_tx, job_rx) = sync_channel::<Vec<Job>>(threads * 2);
         let (frame_tx, frame_rx) = sync_channel::<Vec<Frame>>(threads * 2);
@@ -201,7 +205,7 @@ impl Packer {
             .collect();
         let storage = repo.storage.clone();
         let pack_size = repo.config.pack_size;
-        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, version, &outputs));
+        let writer = std::thread::spawn(move || write_packs(frame_rx, storage.as_ref(), &recipients, pack_size, version, &outputs, committed));
         Packer { jobs: Some(job_tx), batch: Vec::new(), batch_bytes: 0, entries, compressors, writer: Some(writer) }
     }
 
@@ -257,7 +261,7 @@ impl Packer {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<PackReport, RepoError> {
+    pub fn finish(&mut self) -> Result<PackReport, RepoError> {
         self.flush_batch()?;
         self.join()
     }
@@ -322,7 +326,15 @@ fn compress_blobs(jobs: &Mutex<Receiver<Vec<Job>>>, frames: &SyncSender<Vec<Fram
 
 /// Appends frames to packs. A full pack is handed to a committer thread, which makes it durable
 /// (fsync, link, then its index object): the frames for the next pack keep flowing meanwhile.
-fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: &[Recipient], pack_size: u64, version: u32, outputs: &Pool) -> Result<PackReport, RepoError> {
+fn write_packs(
+    frames: Receiver<Vec<Frame>>,
+    storage: &dyn Storage,
+    recipients: &[Recipient],
+    pack_size: u64,
+    version: u32,
+    outputs: &Pool,
+    committed: Sender<PackIndex>,
+) -> Result<PackReport, RepoError> {
     let commit_failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         // One sealed pack may wait while another is being committed.
@@ -331,9 +343,14 @@ fn write_packs(frames: Receiver<Vec<Frame>>, storage: &dyn Storage, recipients: 
         let committer = scope.spawn(move || -> Result<PackReport, RepoError> {
             let mut report = PackReport::default();
             for sealed in sealed_rx {
-                if let Err(e) = commit_pack(sealed, storage, version, &mut report) {
-                    commit_failed.store(true, Ordering::Relaxed);
-                    return Err(e);
+                match commit_pack(sealed, storage, version, &mut report) {
+                    Ok(pack_index) => {
+                        let _ = committed.send(pack_index);
+                    }
+                    Err(e) => {
+                        commit_failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
             }
             Ok(report)
@@ -414,7 +431,7 @@ fn seal_pack(mut pack: OpenPack, storage: &dyn Storage) -> Result<SealedPack, Re
     Ok(SealedPack { tally, blobs: pack.blobs })
 }
 
-fn commit_pack(sealed: SealedPack, storage: &dyn Storage, version: u32, report: &mut PackReport) -> Result<(), RepoError> {
+fn commit_pack(sealed: SealedPack, storage: &dyn Storage, version: u32, report: &mut PackReport) -> Result<PackIndex, RepoError> {
     let SealedPack { tally, blobs } = sealed;
     let id = Id(*tally.hasher.finalize().as_bytes());
     let size = tally.count;
@@ -422,8 +439,8 @@ fn commit_pack(sealed: SealedPack, storage: &dyn Storage, version: u32, report: 
     let pack_index = PackIndex { pack: id, size, blobs };
     storage.put(&Key::new(ObjectKind::Index, id.hex()), &pack_index.encode(version))?;
     report.stored_bytes += size;
-    report.packs.push(pack_index);
-    Ok(())
+    report.packs.push(id);
+    Ok(pack_index)
 }
 
 /// A pack's plaintext stream, decrypted where the repository is encrypted; seekable either way.
@@ -553,8 +570,8 @@ impl<'a> BlobReader<'a> {
     pub fn read(&mut self, id: &Id) -> Result<Vec<u8>, RepoError> {
         let index = self.index;
         let mut first_error = None;
-        for location in index.locations(id) {
-            match self.read_at(id, location) {
+        for location in index.locations(id)? {
+            match self.read_at(id, &location) {
                 Ok(data) => return Ok(data),
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -46,7 +46,8 @@ impl Craft {
         let dir = work.join("repo");
         std::fs::create_dir_all(&dir).unwrap();
         let repo = Repository::init(Arc::new(FilesystemStorage::open(&dir).unwrap()), &[]).unwrap();
-        let packer = Packer::start(&repo, vec![]);
+        // Nothing here reads the index back while crafting: the packs' indexes go nowhere.
+        let packer = Packer::start(&repo, vec![], std::sync::mpsc::channel().0);
         Craft { dir, repo, packer, added: HashSet::new(), extra_packs: Vec::new() }
     }
 
@@ -115,12 +116,12 @@ impl Craft {
     }
 
     /// As `finish`, with any root node.
-    pub fn finish_with_root(self, root: Node, entries: u64, bytes: u64) -> String {
+    pub fn finish_with_root(mut self, root: Node, entries: u64, bytes: u64) -> String {
         let report = self.packer.finish().unwrap();
         // Built from JSON, as a reader meets it: optional fields a newer build adds need no mention.
         let source: SourceRecord =
             serde_json::from_value(serde_json::json!({ "kind": "path", "name": "/crafted", "root": root, "entries": entries, "bytes": bytes })).unwrap();
-        let mut packs: Vec<Id> = report.packs.iter().map(|p| p.pack).chain(self.extra_packs).collect();
+        let mut packs: Vec<Id> = report.packs.into_iter().chain(self.extra_packs).collect();
         packs.sort();
         let snapshot = Snapshot {
             version: self.repo.config.version,
