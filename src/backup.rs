@@ -18,7 +18,7 @@ use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::index::KnownPacks;
-use crate::repo::{Id, RepoError, Repository, Snapshot};
+use crate::repo::{Id, Index, RepoError, Repository, Snapshot};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::wire::{EventReader, EventWriter};
@@ -241,7 +241,8 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
     let work_engine = engine.clone();
     let scans = tokio::task::spawn_blocking(move || -> Result<Vec<SourceScan>, Error> {
         let engine = work_engine;
-        let known = repo.load_index()?.known_packs();
+        // Writes nothing, not even the local index.
+        let known = Index::listed_packs(repo.storage.as_ref())?;
         let mut scans = Vec::new();
         for source in &sources {
             let cache = source.files_cache(&config, &repo);

@@ -341,6 +341,12 @@ impl Index {
         self.known.clone()
     }
 
+    /// The packs that have an index object, without loading the index (or writing its local copy).
+    pub fn listed_packs(storage: &dyn Storage) -> Result<KnownPacks, RepoError> {
+        let listed = storage.list(ObjectKind::Index)?.into_iter().filter_map(|o| o.key.name.parse().ok());
+        Ok(Arc::new(listed.zip(0..).collect()))
+    }
+
     /// Reads and parses one index object.
     pub fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
         read_object(storage, key)
