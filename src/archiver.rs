@@ -235,8 +235,8 @@ impl<'a> Archiver<'a> {
     /// A file the agent did not read because the files cache has it unchanged.
     fn reused(&mut self, cache: &mut CacheLink, dir: &[u8], meta: Meta, stats: &mut TreeStats) -> Result<Node, ArchiveError> {
         let path = join(dir, &meta.name);
-        let found = cache.previous.as_mut().and_then(|p| p.lookup(&path)).map(|f| (f.content.clone(), f.packs.clone()));
-        let (content, packs) = found.ok_or_else(|| {
+        let found = cache.previous.as_mut().and_then(|p| p.lookup(&path)).map(|f| (f.content.clone(), f.packs.clone(), f.xattrs.clone()));
+        let (content, packs, xattrs) = found.ok_or_else(|| {
             SourceError::Malformed(format!("{}: reused, but not in the files cache", String::from_utf8_lossy(&path)))
         })?;
         // The cursor passed only entries whose packs the index holds: no blob needs looking up.
@@ -247,6 +247,8 @@ impl<'a> Archiver<'a> {
         }
         stats.bytes += meta.size;
         stats.unchanged_files += 1;
+        // The walk did not read them: they are the cache's, unchanged with the stamp.
+        let meta = Meta { xattrs, ..meta };
         let node = node_from(meta.clone(), content, None);
         cache.record(cached(dir, &meta, &node, packs));
         Ok(node)
@@ -400,7 +402,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 fn cached(dir: &[u8], meta: &Meta, node: &Node, packs: Vec<Option<Id>>) -> CachedFile {
     let stamp = Stamp { size: node.size, ..meta.stamp() };
-    CachedFile { path: join(dir, &meta.name), stamp, content: node.content.clone(), packs }
+    CachedFile { path: join(dir, &meta.name), stamp, content: node.content.clone(), packs, xattrs: meta.xattrs.clone() }
 }
 
 pub fn node_from(meta: Meta, content: Vec<Id>, subtree: Option<Id>) -> Node {

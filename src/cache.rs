@@ -9,8 +9,10 @@
 //! bytes: [`walk_order`]), written while a source is archived and read back, next time, alongside
 //! the walk by merging (a [`CacheCursor`] per reader). Memory stays the same for 100 files or 10
 //! million. Record: path (u32 LE length, bytes), size u64, mtime_ns i64, ctime_ns i64, inode u64,
-//! blob count u32, then per blob its 32-byte id and the 32-byte id of its pack (zeros: not known);
-//! the whole zstd-compressed, after a magic line.
+//! blob count u32, then per blob its 32-byte id and the 32-byte id of its pack (zeros: not known),
+//! xattr count u32, then per xattr its name and value (u32 LE length, bytes); the whole
+//! zstd-compressed, after a magic line. The xattrs are kept because an unchanged file's are not read
+//! again (its stamp's ctime changes with them).
 //!
 //! A blob stored by the run that writes the cache gets its pack only once the pack is stored, after
 //! the file was recorded: [`CacheWriter::commit`] fills those in from what the run stored.
@@ -25,11 +27,13 @@ use crate::source::walk::WalkMerge;
 use crate::source::Stamp;
 
 /// The first bytes of a cache file of this layout; any other file is taken for an empty cache.
-const MAGIC: &[u8; 16] = b"stackvault-fc-3\n";
+const MAGIC: &[u8; 16] = b"stackvault-fc-4\n";
 /// A path longer than this is no path a walk produced: the file is damaged.
 const MAX_PATH: usize = 1 << 16;
 /// Likewise for a file's blob count (a 16 TiB file at 64 KiB chunks has 2^28).
 const MAX_BLOBS: usize = 1 << 28;
+/// And its xattrs (Linux lists at most 64 KiB of names).
+const MAX_XATTRS: usize = 1 << 16;
 
 /// One regular file of the last snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +44,8 @@ pub struct CachedFile {
     pub content: Vec<Id>,
     /// The pack holding each blob of `content`, where known.
     pub packs: Vec<Option<Id>>,
+    /// (name, value), sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The cache of one source of one repository.
@@ -75,7 +81,7 @@ impl FilesCache {
         std::fs::create_dir_all(dir)?;
         self.remove_abandoned();
         let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-        Ok(CacheWriter { encoder: Some(encoder_at(&tmp)?), tmp, path: self.path.clone() })
+        Ok(CacheWriter { encoder: Some(encoder_at(&tmp)?), tmp, path: self.path.clone(), unresolved: false })
     }
 }
 
@@ -153,11 +159,33 @@ fn read_record(input: &mut impl Read) -> io::Result<Option<CachedFile>> {
         content.push(Id(ids[..32].try_into().unwrap()));
         packs.push(Some(Id(ids[32..].try_into().unwrap())).filter(|pack| pack.0 != [0; 32]));
     }
-    Ok(Some(CachedFile { path, stamp, content, packs }))
+    let mut count = [0u8; 4];
+    input.read_exact(&mut count)?;
+    let count = u32::from_le_bytes(count) as usize;
+    if count > MAX_XATTRS {
+        return Err(bad("more xattrs than a file can have"));
+    }
+    let mut bytes = |limit: usize| -> io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > limit {
+            return Err(bad("an xattr larger than Linux allows"));
+        }
+        let mut value = vec![0u8; len];
+        input.read_exact(&mut value)?;
+        Ok(value)
+    };
+    let mut xattrs = Vec::with_capacity(count);
+    for _ in 0..count {
+        xattrs.push((bytes(255)?, bytes(1 << 16)?));
+    }
+    Ok(Some(CachedFile { path, stamp, content, packs, xattrs }))
 }
 
 fn encoder_at(path: &Path) -> io::Result<zstd::stream::write::Encoder<'static, BufWriter<File>>> {
-    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(path)?), 3)?;
+    // Level 1: the cache is rewritten every run, and its size matters little.
+    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(path)?), 1)?;
     encoder.write_all(MAGIC)?;
     Ok(encoder)
 }
@@ -174,6 +202,13 @@ fn write_record(out: &mut impl Write, file: &CachedFile) -> io::Result<()> {
         out.write_all(&id.0)?;
         out.write_all(&pack.map_or([0; 32], |p| p.0))?;
     }
+    out.write_all(&(file.xattrs.len() as u32).to_le_bytes())?;
+    for (name, value) in &file.xattrs {
+        for bytes in [name, value] {
+            out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            out.write_all(bytes)?;
+        }
+    }
     Ok(())
 }
 
@@ -182,21 +217,28 @@ pub struct CacheWriter {
     encoder: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
     tmp: PathBuf,
     path: PathBuf,
+    /// Whether a record names a blob without its pack (then `commit` fills them in).
+    unresolved: bool,
 }
 
 impl CacheWriter {
     /// Adds the next file, in walk order.
     pub fn add(&mut self, file: &CachedFile) -> io::Result<()> {
         debug_assert_eq!(file.content.len(), file.packs.len());
+        self.unresolved |= file.packs.iter().any(Option::is_none);
         write_record(self.encoder.as_mut().expect("not committed"), file)
     }
 
     /// Makes this the source's cache, called once the snapshot that the cache describes is stored:
-    /// the records are copied to a second temporary file with the packs `stored` now knows filled in
-    /// (a blob it does not know leaves its file to be read again next time), which is then renamed.
+    /// where a record lacks a pack, the records are copied to a second temporary file with the packs
+    /// `stored` now knows filled in (a blob it does not know leaves its file to be read again next
+    /// time); then renamed.
     pub fn commit(mut self, stored: &dyn Fn(&Id) -> Option<Id>) -> io::Result<()> {
         let encoder = self.encoder.take().expect("committed once");
         encoder.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        if !self.unresolved {
+            return self.rename(&self.tmp);
+        }
         let resolved = self.tmp.with_extension(format!("{}-resolved", self.tmp.extension().and_then(|e| e.to_str()).unwrap_or("tmp")));
         let copied = (|| -> io::Result<()> {
             let mut input = zstd::stream::read::Decoder::new(File::open(&self.tmp)?)?;
@@ -211,13 +253,17 @@ impl CacheWriter {
                 write_record(&mut out, &file)?;
             }
             out.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&resolved, &self.path)
+            self.rename(&resolved)
         })();
         let _ = std::fs::remove_file(&self.tmp);
         if copied.is_err() {
             let _ = std::fs::remove_file(&resolved);
         }
-        copied?;
+        copied
+    }
+
+    fn rename(&self, complete: &Path) -> io::Result<()> {
+        std::fs::rename(complete, &self.path)?;
         // The layout of earlier versions (`<hash>.json.zst`), which this one does not read.
         if let Some(stem) = self.path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".files.zst")) {
             let _ = std::fs::remove_file(self.path.with_file_name(format!("{stem}.json.zst")));
@@ -251,6 +297,7 @@ mod tests {
             stamp: stamp(n),
             content: blobs.iter().map(|b| b.0).collect(),
             packs: blobs.iter().map(|b| b.1).collect(),
+            xattrs: if n == 3 { vec![(b"user.a".to_vec(), vec![0, 1]), (b"user.b".to_vec(), vec![])] } else { vec![] },
         };
         let files = [
             file(b"a/x", 1, vec![(present, Some(pack)), (stored, None)]),

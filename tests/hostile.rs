@@ -19,20 +19,6 @@ fn config_for(work: &Path, repo: &Path) -> PathBuf {
     write_config(work, &format!("stack: crafted\nrepository:\n  filesystem:\n    path: {}\n", repo.display()))
 }
 
-/// Runs stackvault under GNU time; returns its output and its peak RSS in KiB.
-fn with_peak_rss(config: &Path, args: &[&dyn AsRef<std::ffi::OsStr>]) -> (Output, u64) {
-    let mut cmd = Command::new("/usr/bin/time");
-    cmd.arg("-v").arg(env!("CARGO_BIN_EXE_stackvault")).arg("-c").arg(config);
-    for a in args {
-        cmd.arg(a);
-    }
-    let out = run(&mut cmd);
-    let stderr = text(&out.stderr);
-    let line = stderr.lines().find(|l| l.contains("Maximum resident set size")).unwrap_or_else(|| panic!("no RSS from GNU time:\n{stderr}"));
-    let kib = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-    (out, kib)
-}
-
 fn assert_refused(out: &Output, what: &str, needles: &[&str]) {
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{what}: succeeded:\n{}", text(&out.stdout));

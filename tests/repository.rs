@@ -168,3 +168,29 @@ fn a_crafted_repository_restores_nothing_outside_its_destination_and_fails_verif
         std::fs::remove_dir_all(&work).unwrap();
     }
 }
+
+/// An unchanged file's xattrs come from the files cache, not from the file: a changed xattr changes
+/// the file's ctime, so the file is read again and the new value is what the next snapshot holds.
+#[test]
+fn an_xattr_set_on_an_otherwise_unchanged_file_reaches_the_next_snapshot() {
+    let work = scratch("xattr");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("recording.wav");
+    std::fs::write(&file, b"RIFF....WAVE").unwrap();
+    xattr::set(&file, "user.tag", b"first").unwrap();
+    let repo = work.join("repo");
+    let body = format!("stack: xattr\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\ncache_dir: {}\n", data.display(), repo.display(), work.join("cache").display());
+    let config = write_config(&work, &body);
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    assert!(ok(stackvault(&config).arg("backup")).contains("(1 unchanged files not read)"));
+    xattr::set(&file, "user.tag", b"second").unwrap();
+    assert!(ok(stackvault(&config).arg("backup")).contains("(0 unchanged files not read)"));
+    assert!(ok(stackvault(&config).arg("backup")).contains("(1 unchanged files not read)"));
+    let dest = work.join("dest");
+    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(&dest));
+    let restored = std::fs::read_dir(dest.join("path")).unwrap().next().unwrap().unwrap().path().join("recording.wav");
+    assert_eq!(xattr::get(&restored, "user.tag").unwrap(), Some(b"second".to_vec()), "the unchanged run kept the cached xattr");
+    std::fs::remove_dir_all(&work).unwrap();
+}

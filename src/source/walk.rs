@@ -36,11 +36,7 @@ pub fn walk(
     let mut walker = Walker { root: root.to_path_buf(), known, options, tally: Tally::default(), first_names: HashMap::new() };
     if md.is_file() {
         let meta = walker.meta(root, Vec::new(), &md)?;
-        if (walker.known)(b"") == Some(meta.stamp()) {
-            emit(Event::Reused(meta))?;
-        } else {
-            walker.file(root, meta, emit)?;
-        }
+        walker.regular_file(root, b"", meta, emit)?;
         return emit(Event::End);
     }
     if !md.is_dir() {
@@ -155,16 +151,23 @@ impl Walker<'_> {
                         }
                         self.first_names.insert((md.dev(), md.ino()), rel.to_vec());
                     }
-                    if (self.known)(rel) == Some(meta.stamp()) {
-                        emit(Event::Reused(meta))?;
-                    } else {
-                        self.file(&path, meta, emit)?;
-                    }
+                    self.regular_file(&path, rel, meta, emit)?;
                 }
                 _ => emit(Event::Leaf(meta))?,
             }
         }
         Ok(())
+    }
+
+    /// A regular file (or hardlink's first name) at `rel`: `Reused` when the files cache has it with the
+    /// same stamp, which covers its xattrs too (setting one changes the ctime): the cache keeps them,
+    /// and they are not read here (a syscall per unchanged file saved). Else read whole.
+    fn regular_file(&mut self, path: &Path, rel: &[u8], mut meta: Meta, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
+        if (self.known)(rel) == Some(meta.stamp()) {
+            return emit(Event::Reused(meta));
+        }
+        meta.xattrs = read_xattrs(path)?;
+        self.file(path, meta, emit)
     }
 
     fn file(&mut self, path: &Path, meta: Meta, emit: &mut dyn FnMut(Event) -> Result<(), SourceError>) -> Result<(), SourceError> {
@@ -225,7 +228,8 @@ impl Walker<'_> {
             size: if kind == EntryKind::File { md.len() } else { 0 },
             rdev: md.rdev(),
             target,
-            xattrs: read_xattrs(path)?,
+            // A regular file's only when it is read (`regular_file`).
+            xattrs: if kind == EntryKind::File { Vec::new() } else { read_xattrs(path)? },
             ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
             ino: md.ino(),
         })

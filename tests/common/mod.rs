@@ -42,6 +42,20 @@ pub fn stackvault(config: &Path) -> Command {
     cmd
 }
 
+/// Runs stackvault under GNU time; returns its output and its peak RSS in KiB.
+pub fn with_peak_rss(config: &Path, args: &[&dyn AsRef<std::ffi::OsStr>]) -> (Output, u64) {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-v").arg(env!("CARGO_BIN_EXE_stackvault")).arg("-c").arg(config);
+    for a in args {
+        cmd.arg(a);
+    }
+    let out = run(&mut cmd);
+    let stderr = text(&out.stderr);
+    let line = stderr.lines().find(|l| l.contains("Maximum resident set size")).unwrap_or_else(|| panic!("no RSS from GNU time:\n{stderr}"));
+    let kib = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    (out, kib)
+}
+
 pub fn docker(args: &[&str]) -> String {
     ok(Command::new("docker").args(args)).trim().to_string()
 }
