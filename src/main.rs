@@ -237,8 +237,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("warning: {e}");
             }
             if json {
-                let list: Vec<_> = snapshots.iter().map(|(id, s)| serde_json::json!({"id": id, "snapshot": s})).collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                // Whole manifests, one at a time: a repository's can add up to more than memory holds.
+                let mut out = std::io::stdout().lock();
+                write!(out, "[")?;
+                for (i, (id, _)) in snapshots.iter().enumerate() {
+                    let snapshot = serde_json::json!({"id": id, "snapshot": repo.snapshot(id)?});
+                    write!(out, "{}{}", if i == 0 { "\n" } else { ",\n" }, serde_json::to_string_pretty(&snapshot)?)?;
+                }
+                writeln!(out, "\n]")?;
             } else {
                 println!("{:<12}  {:<24}  {:<12}  {:>7}  {:>10}  {:>10}  {:>10}", "ID", "TIME", "STACK", "SOURCES", "SIZE", "NEW", "EXCLUDED");
                 for (id, s) in &snapshots {
@@ -282,7 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repo = stackvault::open_repository(&config)?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
             let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read_data)).await??;
-            for (id, _) in &report.snapshots {
+            for id in &report.snapshots {
                 match report.broken.get(id) {
                     None => println!("snapshot {id}: ok"),
                     Some(problems) => {

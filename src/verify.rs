@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::repo::crypt::Identities;
 use crate::repo::pack::{check_pack, BlobReader};
 use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
-use crate::repo::{Id, Index, RepoError, Repository, Snapshot, Snapshots};
+use crate::repo::{Id, Index, RepoError, Repository, Snapshots};
 use crate::storage::{Key, ObjectKind};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
-    pub snapshots: Vec<(Id, Snapshot)>,
+    /// Every snapshot checked, oldest first.
+    pub snapshots: Vec<Id>,
     /// Problems per snapshot; a snapshot absent here is intact.
     pub broken: BTreeMap<Id, Vec<String>>,
     /// Objects under `snapshots/` or `index/` that cannot be used, with why.
@@ -39,9 +40,19 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     let unreadable = unreadable.iter().chain(&index.unreadable).map(|e| e.to_string()).collect();
     let mut report = VerifyReport { unreadable, ..VerifyReport::default() };
 
-    // Presence and size of every pack each snapshot lists.
+    // Presence and size of every pack each snapshot lists. Manifests are read one at a time (each can
+    // list hundreds of thousands of packs), here and below.
     let mut pack_problems: HashMap<Id, String> = HashMap::new();
-    for (_, snapshot) in &snapshots {
+    let mut referenced: BTreeSet<Id> = BTreeSet::new();
+    for (id, _) in &snapshots {
+        let snapshot = match repo.snapshot(id) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                report.broken.insert(*id, vec![e.to_string()]);
+                continue;
+            }
+        };
+        referenced.extend(&snapshot.packs);
         for pack in &snapshot.packs {
             if pack_problems.contains_key(pack) {
                 continue;
@@ -59,7 +70,6 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     }
 
     if read_data {
-        let referenced: BTreeSet<Id> = snapshots.iter().flat_map(|(_, s)| s.packs.iter().copied()).collect();
         for pack in referenced {
             if pack_problems.contains_key(&pack) {
                 continue;
@@ -89,7 +99,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
     if reader.is_none() {
         report.notes.push("trees are encrypted: checked root trees only; pass --identity to walk every tree".into());
     }
-    for (id, snapshot) in &snapshots {
+    for (id, _) in &snapshots {
+        let Ok(snapshot) = repo.snapshot(id) else { continue }; // reported above
         let mut problems: Vec<String> = snapshot.packs.iter().filter_map(|p| pack_problems.get(p).cloned()).collect();
         let listed: HashSet<Id> = snapshot.packs.iter().copied().collect();
         // A blob stored more than once needs one copy in a listed pack (FORMAT.md, "Snapshot manifests").
@@ -101,7 +112,7 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
             let unlisted = !locations.is_empty() && !locations.iter().any(|l| listed.contains(&index.pack_of(l).0));
             unlisted.then(|| format!("{what} {blob}: no pack the snapshot lists holds it"))
         };
-        match check_snapshot(snapshot, &index, &repo.config) {
+        match check_snapshot(&snapshot, &index, &repo.config) {
             Err(detail) => problems.push(RepoError::invalid(id, detail).to_string()),
             Ok(()) => {
                 for source in &snapshot.sources {
@@ -131,7 +142,7 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
             report.broken.insert(*id, problems);
         }
     }
-    report.snapshots = snapshots;
+    report.snapshots = snapshots.into_iter().map(|(id, _)| id).collect();
     let config_lock = repo.storage.stat(&crate::storage::Key::config())?.and_then(|o| o.retain_until);
     if config_lock.is_none() {
         report.notes.push(format!("immutability: objects at {} carry no retention lock (this target cannot set one)", repo.storage.location()));

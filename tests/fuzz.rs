@@ -180,7 +180,7 @@ fn fuzz_index() {
 /// An index object of either version; bytes that are not one are also tried as the decompressed table
 /// of version 2, so that mutations reach the table's parser and not only zstd's.
 fn parse_index(bytes: &[u8]) -> Option<PackIndex> {
-    const LIMIT: u64 = 64 << 20;
+    const LIMIT: u64 = stackvault::repo::MAX_INDEX_TABLE;
     PackIndex::decode(bytes, LIMIT).or_else(|_| PackIndex::decode(&zstd::bulk::compress(bytes, 1).unwrap(), LIMIT)).ok()
 }
 

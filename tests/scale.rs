@@ -6,8 +6,8 @@
 //! ```
 //!
 //! `bench/run --scale` runs it and records the figures it prints (`scale:` lines). The work goes to
-//! `STACKVAULT_SCALE_DIR` (default: the temporary directory); `STACKVAULT_SCALE_FILES` and
-//! `STACKVAULT_SCALE_BLOBS` change the counts. Each command's peak RSS must stay below 128 MiB.
+//! `SCALE_DIR` (default: the temporary directory); `SCALE_FILES` and
+//! `SCALE_BLOBS` change the counts. Each command's peak RSS must stay below 128 MiB.
 
 mod common;
 
@@ -28,7 +28,7 @@ fn count(var: &str, default: u64) -> u64 {
 }
 
 fn work_dir(name: &str) -> PathBuf {
-    let base = std::env::var_os("STACKVAULT_SCALE_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("SCALE_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = base.join(unique(name));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -77,7 +77,7 @@ fn round_trip(case: &str, work: &Path, source: &Path, repo: &Path) {
 #[ignore]
 fn an_index_of_40_million_blobs() {
     const PER_OBJECT: u64 = 100_000;
-    let blobs = count("STACKVAULT_SCALE_BLOBS", 40_000_000);
+    let blobs = count("SCALE_BLOBS", 40_000_000);
     let work = work_dir("scale-index");
     let repo_dir = work.join("repo");
     std::fs::create_dir_all(&repo_dir).unwrap();
@@ -123,7 +123,7 @@ fn an_index_of_40_million_blobs() {
 #[test]
 #[ignore]
 fn five_million_files() {
-    let files = count("STACKVAULT_SCALE_FILES", 5_000_000);
+    let files = count("SCALE_FILES", 5_000_000);
     let work = work_dir("scale-files");
     let source = work.join("source");
     let clock = Instant::now();

@@ -67,7 +67,9 @@ impl RepoError {
 /// "Limits"); an object is read whole, so anything larger is refused before it is read.
 pub const MAX_CONFIG_OBJECT: u64 = 1 << 20;
 pub const MAX_SNAPSHOT_OBJECT: u64 = 64 << 20;
-pub const MAX_INDEX_OBJECT: u64 = 64 << 20;
+pub const MAX_INDEX_OBJECT: u64 = 32 << 20;
+/// The largest decompressed table of a version 2 index object (about 280,000 entries).
+pub const MAX_INDEX_TABLE: u64 = 16 << 20;
 
 /// Reads a whole object of at most `limit` bytes: an object's size is whatever whoever wrote it chose.
 fn read_bounded(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>, RepoError> {
@@ -148,6 +150,8 @@ impl BlobKind {
 
 /// A repository's snapshots, oldest first, and apart the objects under `snapshots/` that are none.
 pub struct Snapshots {
+    /// Without their `packs` lists, which can hold hundreds of thousands of ids each: read one whole
+    /// with [`Repository::snapshot`].
     pub valid: Vec<(Id, Snapshot)>,
     pub unreadable: Vec<RepoError>,
 }
@@ -201,14 +205,15 @@ impl Repository {
         Index::load(self.storage.as_ref(), self.index_cache.as_deref())
     }
 
-    /// Every snapshot, oldest first, and apart the objects under `snapshots/` that are not one (a name
-    /// that is not an id, bytes that do not hash to it, JSON that does not parse), each with why: an
-    /// object anyone could add must not make the others unreadable.
+    /// Every snapshot, oldest first, without its `packs` (see [`Snapshots`]), and apart the objects
+    /// under `snapshots/` that are not one (a name that is not an id, bytes that do not hash to it,
+    /// JSON that does not parse), each with why: an object anyone could add must not make the others
+    /// unreadable.
     pub fn snapshots(&self) -> Result<Snapshots, RepoError> {
         let (mut all, mut unreadable) = (Vec::new(), Vec::new());
         for info in self.storage.list(ObjectKind::Snapshot)? {
             match self.load_snapshot(&info.key) {
-                Ok(found) => all.push(found),
+                Ok((id, snapshot)) => all.push((id, Snapshot { packs: Vec::new(), ..snapshot })),
                 Err(e) => unreadable.push(e),
             }
         }
@@ -226,15 +231,24 @@ impl Repository {
         Ok((id, snapshot))
     }
 
-    /// Finds a snapshot by `latest` or by a unique prefix of its id.
+    /// One whole snapshot manifest.
+    pub fn snapshot(&self, id: &Id) -> Result<Snapshot, RepoError> {
+        self.load_snapshot(&Key::new(ObjectKind::Snapshot, id.hex())).map(|(_, snapshot)| snapshot)
+    }
+
+    /// Finds a snapshot by `latest` or by a unique prefix of its id; the whole manifest.
     pub fn find_snapshot(&self, wanted: &str) -> Result<(Id, Snapshot), RepoError> {
         let mut all = self.snapshots()?.valid;
         if wanted == "latest" {
-            return all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()));
+            let (id, _) = all.pop().ok_or_else(|| RepoError::Missing("a snapshot (the repository has none yet)".into()))?;
+            return Ok((id, self.snapshot(&id)?));
         }
         let mut matching: Vec<_> = all.into_iter().filter(|(id, _)| id.hex().starts_with(wanted)).collect();
         match matching.len() {
-            1 => Ok(matching.pop().unwrap()),
+            1 => {
+                let (id, _) = matching.pop().unwrap();
+                Ok((id, self.snapshot(&id)?))
+            }
             // Why a snapshot asked for by its id cannot be read says more than its absence.
             0 => match self.storage.list(ObjectKind::Snapshot)?.into_iter().find(|o| o.key.name.starts_with(wanted)) {
                 Some(object) => Err(self.load_snapshot(&object.key).err().unwrap_or_else(|| RepoError::Missing(format!("snapshot {wanted}")))),

@@ -87,8 +87,9 @@ fn decode(value: &runs::Value) -> Location {
 }
 
 const PACK_RECORD: usize = 40;
-/// Index objects read before their packs' records are made durable and their blobs enter the table.
-const LOAD_BATCH: usize = 256;
+/// Blobs whose index objects are read (and held) before their packs' records are made durable and
+/// they enter the table: one fsync per batch, a few MiB of memory.
+const LOAD_BATCH_BLOBS: usize = 100_000;
 
 /// The packs the index knew when it was loaded, by id: what a files cache entry may name. Shared with
 /// the threads that read sources while the index itself grows.
@@ -179,7 +180,7 @@ impl Index {
         };
         let filter = match Filter::load(&dir.join("filter"), tag)? {
             Some(filter) if tag != 0 => filter,
-            _ => rebuild_filter(&table, 0)?,
+            _ => rebuild_filter(&table)?,
         };
         Ok(Index {
             unreadable: Vec::new(),
@@ -213,11 +214,16 @@ impl Index {
         let mut new: Vec<String> = listed.into_iter().filter(|name| name.parse().map_or(true, |id: Id| !positions.contains_key(&id))).collect();
         new.sort();
         to_read.extend(new);
-        for batch in to_read.chunks(LOAD_BATCH) {
-            let mut read = Vec::with_capacity(batch.len());
-            for name in batch {
-                match read_object(storage, &Key::new(ObjectKind::Index, name.clone())) {
-                    Ok(pack_index) => read.push(pack_index),
+        let mut names = to_read.into_iter().peekable();
+        while names.peek().is_some() {
+            let (mut read, mut blobs) = (Vec::new(), 0);
+            while blobs < LOAD_BATCH_BLOBS {
+                let Some(name) = names.next() else { break };
+                match read_object(storage, &Key::new(ObjectKind::Index, name)) {
+                    Ok(pack_index) => {
+                        blobs += pack_index.blobs.len();
+                        read.push(pack_index);
+                    }
                     Err(e) => self.unreadable.push(e),
                 }
             }
@@ -269,7 +275,9 @@ impl Index {
             self.filter.add(&blob.id);
         }
         if self.filter.is_crowded() {
-            self.filter = rebuild_filter(&self.table, 2 * self.filter.count()).map_err(|e| local_error(&dir, e))?;
+            // The old one goes first: two large filters at once would double the peak.
+            self.filter = Filter::with_capacity(0);
+            self.filter = rebuild_filter(&self.table).map_err(|e| local_error(&dir, e))?;
         }
         Ok(())
     }
@@ -363,7 +371,7 @@ impl Drop for Index {
 
 fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
     let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
-    let pack_index = PackIndex::decode(&bytes, super::MAX_INDEX_OBJECT).map_err(|e| RepoError::corrupt(key.path(), e))?;
+    let pack_index = PackIndex::decode(&bytes, super::MAX_INDEX_TABLE).map_err(|e| RepoError::corrupt(key.path(), e))?;
     if pack_index.pack.hex() != key.name {
         return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
     }
@@ -377,8 +385,9 @@ fn pack_record(pack_index: &PackIndex) -> [u8; PACK_RECORD] {
     record
 }
 
-fn rebuild_filter(table: &RunTable, at_least: u64) -> io::Result<Filter> {
-    let mut filter = Filter::with_capacity(table.len().max(at_least));
+/// A filter of every id in the table, with room for a quarter more before it is crowded again.
+fn rebuild_filter(table: &RunTable) -> io::Result<Filter> {
+    let mut filter = Filter::with_capacity(table.len() + table.len() / 4);
     for record in table.iter() {
         filter.add(&Id(record?.0));
     }

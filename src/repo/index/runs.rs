@@ -51,9 +51,9 @@ const BLOCK_BYTES: usize = RECORD * BLOCK_RECORDS as usize;
 /// Sequential reads and writes (merges, iteration) go through buffers of this size, one per run.
 const STREAM_BUFFER: usize = 64 << 10;
 
-/// 16 MiB of records before a spill (a process holding the table full peaked at 29 MiB RSS): few runs,
-/// well within the RSS budget.
-pub const DEFAULT_MEMORY_LIMIT: usize = 262_144;
+/// 8 MiB of records (about 12 MiB in the tree that holds them) before a spill: few runs, well within
+/// the RSS budget beside a 40 million-id filter.
+pub const DEFAULT_MEMORY_LIMIT: usize = 131_072;
 /// A run is merged with all newer runs once it holds at most this many times their entries together:
 /// runs then grow geometrically: a few runs for any size, each entry rewritten O(log(entries/limit))
 /// times (about 7 times on the way to 40 M entries at the default limit, by simulation).
