@@ -182,8 +182,6 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         }
         let new_bytes = archiver.new_bytes;
         let finished = archiver.finish()?;
-        // What the run stored enters the next run's index without reading it back.
-        index.persist()?;
         Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config))
     })
     .await
@@ -191,7 +189,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     if let Some(engine) = &engine {
         engine.finish().await;
     }
-    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, index, routes, config) = archived?;
+    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config) = archived?;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -205,7 +203,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let snapshot = Snapshot { version: repo.config.version, time, stack, hostname, program: crate::program(), sources, packs, summary };
     let id = repo.save_snapshot(&snapshot)?;
     // Only now: the cache describes what a snapshot holds.
-    let warnings = caches
+    let mut warnings: Vec<String> = caches
         .into_iter()
         .filter_map(|(writer, failed)| {
             let pack_of = |id: &Id| stored.position(id).map(|position| index.pack_at(position).0);
@@ -213,6 +211,11 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         })
         .map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display()))
         .collect();
+    // Local caches only: what fails here costs the next run time, never this snapshot.
+    warnings.extend(index.warning.clone());
+    if let Err(e) = index.persist() {
+        warnings.push(format!("{e} (the next backup reads this run's index objects again)"));
+    }
     Ok(BackupOutcome { id, snapshot, skipped, warnings, routes })
 }
 

@@ -502,17 +502,18 @@ impl FrameDecoder {
         FrameDecoder { decompressor: zstd::bulk::Decompressor::new().expect("zstd"), compressed: Vec::new(), last: None, plain: Vec::new() }
     }
 
-    /// Blob `id`'s content, checked against its id and tar header. Errors say what is wrong, for the
+    /// A blob's content, checked against its id and tar header. Errors say what is wrong, for the
     /// caller to attribute to the pack.
-    fn blob(&mut self, stream: &mut OpenStream, pack: Id, id: &Id, location: &Location) -> Result<Vec<u8>, String> {
-        let frame = (pack, location.frame_offset, location.frame_length, location.frame_plain_length);
+    fn blob(&mut self, stream: &mut OpenStream, pack: Id, blob: &PackedBlob) -> Result<Vec<u8>, String> {
+        let id = blob.id;
+        let frame = (pack, blob.frame_offset, blob.frame_length, blob.frame_plain_length);
         if self.last != Some(frame) {
             self.last = None;
-            self.compressed.resize(location.frame_length as usize, 0);
-            stream.read_at(location.frame_offset, &mut self.compressed).map_err(|e| format!("blob {id}: reading its frame: {e}"))?;
+            self.compressed.resize(blob.frame_length as usize, 0);
+            stream.read_at(blob.frame_offset, &mut self.compressed).map_err(|e| format!("blob {id}: reading its frame: {e}"))?;
             self.plain.clear();
             // Never more than the index announces, whatever the frame declares.
-            let capacity = location.frame_plain_length as usize;
+            let capacity = blob.frame_plain_length as usize;
             self.plain.reserve(capacity);
             self.decompressor
                 .decompress_to_buffer(&self.compressed, &mut self.plain)
@@ -522,14 +523,14 @@ impl FrameDecoder {
             }
             self.last = Some(frame);
         }
-        let start = location.entry_offset as usize;
-        let end = start + TAR_BLOCK + location.plain_length as usize;
-        let expected = tar_header(id, location.kind, location.plain_length.into());
+        let start = blob.entry_offset as usize;
+        let end = start + TAR_BLOCK + blob.plain_length as usize;
+        let expected = tar_header(&id, blob.kind, blob.plain_length.into());
         if self.plain.get(start..start + TAR_BLOCK) != Some(&expected[..]) || end > self.plain.len() {
             return Err(format!("blob {id}: its tar entry does not match the index"));
         }
         let data = &self.plain[start + TAR_BLOCK..end];
-        if Id::of(data) != *id {
+        if Id::of(data) != id {
             return Err(format!("blob {id}: content hash mismatch"));
         }
         Ok(data.to_vec())
@@ -571,7 +572,7 @@ impl<'a> BlobReader<'a> {
         let index = self.index;
         let mut first_error = None;
         for location in index.locations(id)? {
-            match self.read_at(id, &location) {
+            match self.read_at(&location) {
                 Ok(data) => return Ok(data),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -581,10 +582,10 @@ impl<'a> BlobReader<'a> {
         Err(first_error.unwrap_or_else(|| RepoError::Missing(format!("blob {id} (in no index)"))))
     }
 
-    fn read_at(&mut self, id: &Id, location: &Location) -> Result<Vec<u8>, RepoError> {
+    fn read_at(&mut self, location: &Location) -> Result<Vec<u8>, RepoError> {
         let (pack_id, _) = self.index.pack_of(location);
         let what = format!("pack {pack_id}");
-        check_bounds(&self.repo.config, id, location).map_err(|detail| RepoError::corrupt(&what, detail))?;
+        check_bounds(&self.repo.config, &location.blob).map_err(|detail| RepoError::corrupt(&what, detail))?;
         let open = &mut self.open;
         if let Some(pos) = open.iter().position(|(id, _)| *id == pack_id) {
             let entry = open.remove(pos);
@@ -597,7 +598,7 @@ impl<'a> BlobReader<'a> {
             open.push((pack_id, stream));
         }
         let stream = &mut open.last_mut().expect("just pushed").1;
-        self.frames.blob(stream, pack_id, id, location).map_err(|detail| RepoError::corrupt(&what, detail))
+        self.frames.blob(stream, pack_id, &location.blob).map_err(|detail| RepoError::corrupt(&what, detail))
     }
 }
 
@@ -612,29 +613,30 @@ fn open_pack_stream(repo: &Repository, identities: Option<&Identities>, pack_id:
 
 /// The index is as untrusted as the rest: its lengths are checked against the format's limits before
 /// they size a buffer, and decompression never produces more than the frame they announce.
-fn check_bounds(config: &super::RepoConfig, id: &Id, location: &Location) -> Result<(), String> {
-    let limit = match location.kind {
+fn check_bounds(config: &super::RepoConfig, blob: &PackedBlob) -> Result<(), String> {
+    let id = blob.id;
+    let limit = match blob.kind {
         BlobKind::Data => config.chunker.max_size as u64,
         BlobKind::Tree => super::tree::MAX_TREE_SIZE,
     };
-    let plain_length = u64::from(location.plain_length);
+    let plain_length = u64::from(blob.plain_length);
     if plain_length > limit {
         return Err(format!(
             "blob {id}: the index says it holds {plain_length} bytes; a {} blob holds at most {limit} (docs/FORMAT.md, \"Limits\")",
-            location.kind.as_str()
+            blob.kind.as_str()
         ));
     }
-    let entry_end = u64::from(location.entry_offset) + entry_length(plain_length);
-    let frame_plain = u64::from(location.frame_plain_length);
-    if location.entry_offset as usize % TAR_BLOCK != 0 || entry_end > frame_plain {
+    let entry_end = u64::from(blob.entry_offset) + entry_length(plain_length);
+    let frame_plain = u64::from(blob.frame_plain_length);
+    if blob.entry_offset as usize % TAR_BLOCK != 0 || entry_end > frame_plain {
         return Err(format!("blob {id}: the index places its tar entry outside its frame"));
     }
     if frame_plain > MAX_SHARED_FRAME.max(entry_length(plain_length)) {
         return Err(format!("blob {id}: the index says its frame holds {frame_plain} bytes; a frame holds at most {MAX_SHARED_FRAME} or one entry"));
     }
     let frame_limit = zstd::zstd_safe::compress_bound(frame_plain as usize) as u64;
-    if u64::from(location.frame_length) > frame_limit {
-        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {frame_plain} bytes is at most {frame_limit}", location.frame_length));
+    if u64::from(blob.frame_length) > frame_limit {
+        return Err(format!("blob {id}: the index says its frame is {} bytes; a frame of {frame_plain} bytes is at most {frame_limit}", blob.frame_length));
     }
     Ok(())
 }
@@ -659,8 +661,7 @@ pub fn check_pack(repo: &Repository, identities: Option<&Identities>, pack_index
     let mut blobs: Vec<&PackedBlob> = pack_index.blobs.iter().collect();
     blobs.sort_by_key(|b| (b.frame_offset, b.entry_offset));
     for blob in blobs {
-        let location = Location::in_pack(0, blob);
-        let checked = check_bounds(&repo.config, &blob.id, &location).and_then(|()| frames.blob(&mut stream, pack_id, &blob.id, &location));
+        let checked = check_bounds(&repo.config, blob).and_then(|()| frames.blob(&mut stream, pack_id, blob));
         if let Err(detail) = checked {
             problems.push(format!("pack {pack_id}: {detail}"));
         }

@@ -112,7 +112,7 @@ fn check_node(node: &Node, index: &Index, max_chunk: u64) -> Result<(), String> 
 /// tree checked against one copy must hold whichever is read.
 fn indexed(index: &Index, blob: &Id) -> Result<(BlobKind, u64), String> {
     let locations = index.locations(blob).map_err(|e| e.to_string())?;
-    let mut copies = locations.iter().map(|l| (l.kind, u64::from(l.plain_length)));
+    let mut copies = locations.iter().map(|l| (l.blob.kind, u64::from(l.blob.plain_length)));
     let first = copies.next().ok_or_else(|| format!("blob {blob} is in no index"))?;
     match copies.find(|copy| *copy != first) {
         Some(_) => Err(format!("blob {blob} is indexed twice with different types or lengths")),
@@ -159,7 +159,7 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
 
 /// Reads and parses a tree blob; the reader refuses one larger than [`MAX_TREE_SIZE`] before reading it.
 pub fn read_tree(reader: &mut BlobReader, id: &Id) -> Result<Tree, RepoError> {
-    if reader.index().get(id)?.is_some_and(|l| l.kind != BlobKind::Tree) {
+    if reader.index().get(id)?.is_some_and(|l| l.blob.kind != BlobKind::Tree) {
         return Err(RepoError::corrupt(format!("tree {id}"), "it is indexed as a data blob"));
     }
     let bytes = reader.read(id)?;

@@ -33,57 +33,39 @@ use super::packindex::{PackIndex, PackedBlob};
 use super::{BlobKind, Id, RepoError};
 use crate::storage::{Key, ObjectKind, Storage};
 
+/// One copy of a blob: the pack at this position of the pack table ([`Index::pack_of`]), and where in
+/// it the blob lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
-    /// Position in the pack table ([`Index::pack_of`]).
     pub pack: u32,
-    pub kind: BlobKind,
-    pub frame_offset: u64,
-    pub frame_length: u32,
-    pub frame_plain_length: u32,
-    pub entry_offset: u32,
-    pub plain_length: u32,
+    pub blob: PackedBlob,
 }
 
-impl Location {
-    /// A blob's place in the pack at position `pack` of the pack table.
-    pub fn in_pack(pack: u32, blob: &PackedBlob) -> Self {
-        Location {
-            pack,
-            kind: blob.kind,
-            frame_offset: blob.frame_offset,
-            frame_length: blob.frame_length,
-            frame_plain_length: blob.frame_plain_length,
-            entry_offset: blob.entry_offset,
-            plain_length: blob.plain_length,
-        }
-    }
-}
-
-/// A location as a table value: the pack position first, big-endian, so that a blob's copies come
-/// in the order their packs entered the table.
-fn encode(location: &Location) -> runs::Value {
+/// A blob's place as a table value (its id is the key): the pack position first, big-endian, so that
+/// a blob's copies come in the order their packs entered the table.
+fn encode(pack: u32, blob: &PackedBlob) -> runs::Value {
     let mut value = [0u8; runs::VALUE];
-    value[..4].copy_from_slice(&location.pack.to_be_bytes());
-    value[4] = matches!(location.kind, BlobKind::Tree) as u8;
-    value[8..16].copy_from_slice(&location.frame_offset.to_le_bytes());
-    for (at, field) in [(16, location.frame_length), (20, location.frame_plain_length), (24, location.entry_offset), (28, location.plain_length)] {
+    value[..4].copy_from_slice(&pack.to_be_bytes());
+    value[4] = matches!(blob.kind, BlobKind::Tree) as u8;
+    value[8..16].copy_from_slice(&blob.frame_offset.to_le_bytes());
+    for (at, field) in [(16, blob.frame_length), (20, blob.frame_plain_length), (24, blob.entry_offset), (28, blob.plain_length)] {
         value[at..at + 4].copy_from_slice(&field.to_le_bytes());
     }
     value
 }
 
-fn decode(value: &runs::Value) -> Location {
+fn decode(id: &Id, value: &runs::Value) -> Location {
     let u32_at = |at: usize| u32::from_le_bytes(value[at..at + 4].try_into().unwrap());
-    Location {
-        pack: u32::from_be_bytes(value[..4].try_into().unwrap()),
+    let blob = PackedBlob {
+        id: *id,
         kind: if value[4] == 1 { BlobKind::Tree } else { BlobKind::Data },
         frame_offset: u64::from_le_bytes(value[8..16].try_into().unwrap()),
         frame_length: u32_at(16),
         frame_plain_length: u32_at(20),
         entry_offset: u32_at(24),
         plain_length: u32_at(28),
-    }
+    };
+    Location { pack: u32::from_be_bytes(value[..4].try_into().unwrap()), blob }
 }
 
 const PACK_RECORD: usize = 40;
@@ -99,8 +81,9 @@ pub struct Index {
     /// Index objects that were left out, with why: anyone who can write to the storage can add one,
     /// and it must not make the others unusable.
     pub unreadable: Vec<RepoError>,
-    /// Why the cache directory could not be used, when the index lives in a temporary one instead.
-    pub fallback: Option<String>,
+    /// What went wrong with the local copy, if anything: the index works, but this or the next load
+    /// reads more of the repository.
+    pub warning: Option<String>,
     dir: PathBuf,
     /// Removed when the index is dropped: a private directory, not the cache.
     temporary: bool,
@@ -125,15 +108,15 @@ impl Index {
     /// this repository) or, without one or when it is unusable (damaged beyond a rebuild, not
     /// writable, in use by another process), in a temporary directory.
     pub fn load(storage: &dyn Storage, cache: Option<&Path>) -> Result<Index, RepoError> {
-        let mut fallback = None;
+        let mut warning = None;
         if let Some(dir) = cache {
             match Self::open(dir, false) {
                 Ok(index) => return index.catch_up(storage),
-                Err(e) => fallback = Some(format!("the local index in {} cannot be used ({e}); a temporary one was read from the repository", dir.display())),
+                Err(e) => warning = Some(format!("the local index in {} cannot be used ({e}); a temporary one was read from the repository", dir.display())),
             }
         }
         let mut index = Self::temporary()?;
-        index.fallback = fallback;
+        index.warning = warning;
         index.catch_up(storage)
     }
 
@@ -184,7 +167,7 @@ impl Index {
         };
         Ok(Index {
             unreadable: Vec::new(),
-            fallback: None,
+            warning: None,
             dir: dir.to_path_buf(),
             temporary,
             table,
@@ -242,7 +225,9 @@ impl Index {
         }
         positions.retain(|_, position| !self.gone.contains(position));
         self.known = Arc::new(positions);
-        self.persist()?;
+        if let Err(e) = self.persist() {
+            self.warning = Some(format!("{e} (the next run reads these index objects again)"));
+        }
         Ok(self)
     }
 
@@ -271,7 +256,7 @@ impl Index {
     fn insert_blobs(&mut self, position: u32, pack_index: &PackIndex) -> Result<(), RepoError> {
         let dir = self.dir.clone();
         for blob in &pack_index.blobs {
-            self.table.insert(blob.id.0, encode(&Location::in_pack(position, blob))).map_err(|e| local_error(&dir, e))?;
+            self.table.insert(blob.id.0, encode(position, blob)).map_err(|e| local_error(&dir, e))?;
             self.filter.add(&blob.id);
         }
         if self.filter.is_crowded() {
@@ -313,7 +298,7 @@ impl Index {
         }
         let values = self.table.get(&id.0).map_err(|e| local_error(&self.dir, e))?;
         // A value naming no pack can only come from a damaged cache: it is not a copy.
-        Ok(values.iter().map(decode).filter(|l| (l.pack as usize) < self.packs.len() && !self.gone.contains(&l.pack)).collect())
+        Ok(values.iter().map(|value| decode(id, value)).filter(|l| (l.pack as usize) < self.packs.len() && !self.gone.contains(&l.pack)).collect())
     }
 
     /// The first copy of a blob.
