@@ -60,6 +60,9 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 131_072;
 const SIZE_RATIO: u64 = 2;
 /// And whatever the sizes, never more runs than this (each costs a read per absent lookup).
 const MAX_RUNS: usize = 6;
+/// A flush folds all runs into one up to this many entries (256 MiB of runs, a repository of about
+/// 1 TB): a rewrite of that size per backup is cheap beside the reads it saves.
+const FOLD_BELOW: u64 = 4 << 20;
 
 const LOCK: &str = "lock";
 
@@ -69,6 +72,7 @@ pub struct RunTable {
     runs: Vec<Run>,
     memory: BTreeSet<Record>,
     memory_limit: usize,
+    fold_below: u64,
     next_generation: u64,
     /// Held for the table's life: two processes spilling the same generation would overwrite each other.
     _lock: File,
@@ -107,7 +111,7 @@ impl RunTable {
             fs::remove_file(&path).map_err(context(&path, "cannot remove the input of a finished merge"))?;
         }
         let next_generation = runs.last().map_or(0, |run| run.last + 1);
-        Ok(RunTable { dir: dir.to_path_buf(), runs, memory: BTreeSet::new(), memory_limit: DEFAULT_MEMORY_LIMIT, next_generation, _lock: lock })
+        Ok(RunTable { dir: dir.to_path_buf(), runs, memory: BTreeSet::new(), memory_limit: DEFAULT_MEMORY_LIMIT, fold_below: FOLD_BELOW, next_generation, _lock: lock })
     }
 
     /// Removes the table's files from `dir` (the directory and any other file in it stay).
@@ -177,11 +181,16 @@ impl RunTable {
 
     /// Makes every insert so far durable: the next `open` sees it. Entries not flushed are lost when
     /// the table is dropped.
+    /// Up to [`FOLD_BELOW`] entries, the runs are then folded into one, so that a lookup of a blob that
+    /// is there (what restore and verify ask, for every file) reads one block, not one per run.
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.memory.is_empty() {
-            return Ok(());
+        if !self.memory.is_empty() {
+            self.spill()?;
         }
-        self.spill()
+        if self.runs.len() > 1 && self.len() <= self.fold_below {
+            self.merge_from(0)?;
+        }
+        Ok(())
     }
 
     /// Entries in the runs and the memory table; a pair stored in several runs counts once per run.
@@ -219,18 +228,24 @@ impl RunTable {
     /// complete under its final name before its inputs go; `open` removes inputs a crash left behind.
     fn compact(&mut self) -> io::Result<()> {
         while let Some(start) = self.merge_start() {
-            let inputs = &self.runs[start..];
-            let mut writer = RunWriter::create(&self.dir, inputs[0].first, inputs[inputs.len() - 1].last)?;
-            for record in Merge::new(inputs.iter().map(|run| Source::Run(RunReader::new(run))).collect()) {
-                let (key, value) = record?;
-                writer.push(&key, &value)?;
-            }
-            let merged = writer.finish()?;
-            let inputs = self.runs.split_off(start);
-            self.runs.push(merged);
-            for run in inputs {
-                fs::remove_file(&run.path).map_err(context(&run.path, "cannot remove a merged run"))?;
-            }
+            self.merge_from(start)?;
+        }
+        Ok(())
+    }
+
+    /// Merges the runs from `start` on into one.
+    fn merge_from(&mut self, start: usize) -> io::Result<()> {
+        let inputs = &self.runs[start..];
+        let mut writer = RunWriter::create(&self.dir, inputs[0].first, inputs[inputs.len() - 1].last)?;
+        for record in Merge::new(inputs.iter().map(|run| Source::Run(RunReader::new(run))).collect()) {
+            let (key, value) = record?;
+            writer.push(&key, &value)?;
+        }
+        let merged = writer.finish()?;
+        let inputs = self.runs.split_off(start);
+        self.runs.push(merged);
+        for run in inputs {
+            fs::remove_file(&run.path).map_err(context(&run.path, "cannot remove a merged run"))?;
         }
         Ok(())
     }
@@ -665,7 +680,8 @@ mod tests {
     #[test]
     fn values_come_oldest_run_first_and_each_once() {
         let dir = scratch("order");
-        let mut table = RunTable::open(&dir).unwrap();
+        // Not folded at flush: the runs' order is what is looked at.
+        let mut table = RunTable { fold_below: 0, ..RunTable::open(&dir).unwrap() };
         let key = [3; KEY];
         let big: Vec<Record> = (0..1000u32).map(|i| { let mut k = [9; KEY]; k[..4].copy_from_slice(&i.to_be_bytes()); (k, [0; VALUE]) }).collect();
         for (k, v) in &big {
