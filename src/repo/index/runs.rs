@@ -364,7 +364,9 @@ impl Run {
     }
 
     fn read_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buffer, offset).map_err(context(&self.path, &format!("cannot read {} bytes at offset {offset}", buffer.len())))
+        // The message is built only on failure: this runs once per lookup.
+        let len = buffer.len();
+        self.file.read_exact_at(buffer, offset).map_err(|e| context(&self.path, &format!("cannot read {len} bytes at offset {offset}"))(e))
     }
 }
 
