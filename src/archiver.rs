@@ -378,9 +378,8 @@ impl<'a> Archiver<'a> {
     /// Stores what is still queued and enters the last packs into the index.
     pub fn finish(mut self) -> Result<Finished, RepoError> {
         let report = self.packer.finish()?;
-        while let Ok(pack_index) = self.committed.try_recv() {
-            self.enter(&pack_index)?;
-        }
+        // The packer is done: every pack it stored is in the channel now.
+        self.take_committed()?;
         let mut packs: Vec<Id> = self.referenced_packs.iter().map(|p| self.index.pack_at(*p).0).collect();
         packs.sort();
         packs.dedup();

@@ -66,13 +66,7 @@ impl FilesCache {
     /// A reader over the cache, from its start. Entries that name a pack not in `packs`, or none, are
     /// skipped; a missing or unreadable cache reads as empty.
     pub fn cursor<'i>(&self, packs: &'i KnownPacks) -> CacheCursor<'i> {
-        let input = File::open(&self.path).ok().and_then(|f| {
-            let mut magic = [0u8; MAGIC.len()];
-            let mut decoder = zstd::stream::read::Decoder::new(f).ok()?;
-            decoder.read_exact(&mut magic).ok().filter(|()| magic == *MAGIC)?;
-            Some(BufReader::with_capacity(256 << 10, decoder))
-        });
-        WalkMerge::new(CacheRecords { input, packs }, |file| &file.path)
+        WalkMerge::new(CacheRecords { input: records_at(&self.path).ok(), packs }, |file| &file.path)
     }
 
     /// A writer for the next run's cache, at a temporary name until [`CacheWriter::commit`].
@@ -107,7 +101,7 @@ pub type CacheCursor<'i> = WalkMerge<CachedFile, CacheRecords<'i>>;
 
 /// The usable records of a cache file, in order.
 pub struct CacheRecords<'i> {
-    input: Option<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
+    input: Option<Records>,
     packs: &'i KnownPacks,
 }
 
@@ -183,6 +177,19 @@ fn read_record(input: &mut impl Read) -> io::Result<Option<CachedFile>> {
     Ok(Some(CachedFile { path, stamp, content, packs, xattrs }))
 }
 
+/// The records of a cache file, after its magic line.
+type Records = BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>;
+
+fn records_at(path: &Path) -> io::Result<Records> {
+    let mut decoder = zstd::stream::read::Decoder::new(File::open(path)?)?;
+    let mut magic = [0u8; MAGIC.len()];
+    decoder.read_exact(&mut magic)?;
+    if magic != *MAGIC {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "files cache: not a cache of this layout"));
+    }
+    Ok(BufReader::with_capacity(256 << 10, decoder))
+}
+
 fn encoder_at(path: &Path) -> io::Result<zstd::stream::write::Encoder<'static, BufWriter<File>>> {
     // Level 1: the cache is rewritten every run, and its size matters little.
     let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(path)?), 1)?;
@@ -241,10 +248,7 @@ impl CacheWriter {
         }
         let resolved = self.tmp.with_extension(format!("{}-resolved", self.tmp.extension().and_then(|e| e.to_str()).unwrap_or("tmp")));
         let copied = (|| -> io::Result<()> {
-            let mut input = zstd::stream::read::Decoder::new(File::open(&self.tmp)?)?;
-            let mut magic = [0u8; MAGIC.len()];
-            input.read_exact(&mut magic)?;
-            let mut input = BufReader::with_capacity(256 << 10, input);
+            let mut input = records_at(&self.tmp)?;
             let mut out = encoder_at(&resolved)?;
             while let Some(mut file) = read_record(&mut input)? {
                 for (id, pack) in file.content.iter().zip(file.packs.iter_mut()) {

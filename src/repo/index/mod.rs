@@ -202,7 +202,7 @@ impl Index {
             let (mut read, mut blobs) = (Vec::new(), 0);
             while blobs < LOAD_BATCH_BLOBS {
                 let Some(name) = names.next() else { break };
-                match read_object(storage, &Key::new(ObjectKind::Index, name)) {
+                match Self::read_object(storage, &Key::new(ObjectKind::Index, name)) {
                     Ok(pack_index) => {
                         blobs += pack_index.blobs.len();
                         read.push(pack_index);
@@ -306,10 +306,6 @@ impl Index {
         Ok(self.locations(id)?.into_iter().next())
     }
 
-    pub fn contains(&self, id: &Id) -> Result<bool, RepoError> {
-        Ok(self.get(id)?.is_some())
-    }
-
     /// Pack id and stored size of a location's pack.
     pub fn pack_of(&self, location: &Location) -> (Id, u64) {
         self.pack_at(location.pack)
@@ -342,7 +338,12 @@ impl Index {
 
     /// Reads and parses one index object.
     pub fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
-        read_object(storage, key)
+        let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
+        let pack_index = PackIndex::decode(&bytes, super::MAX_INDEX_TABLE).map_err(|e| RepoError::corrupt(key.path(), e))?;
+        if pack_index.pack.hex() != key.name {
+            return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
+        }
+        Ok(pack_index)
     }
 }
 
@@ -352,15 +353,6 @@ impl Drop for Index {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn read_object(storage: &dyn Storage, key: &Key) -> Result<PackIndex, RepoError> {
-    let bytes = super::read_bounded(storage, key, super::MAX_INDEX_OBJECT)?;
-    let pack_index = PackIndex::decode(&bytes, super::MAX_INDEX_TABLE).map_err(|e| RepoError::corrupt(key.path(), e))?;
-    if pack_index.pack.hex() != key.name {
-        return Err(RepoError::corrupt(key.path(), format!("it describes pack {}", pack_index.pack)));
-    }
-    Ok(pack_index)
 }
 
 fn pack_record(pack_index: &PackIndex) -> [u8; PACK_RECORD] {
@@ -414,7 +406,7 @@ mod tests {
         let index = Index::load(&storage, Some(&cache)).unwrap();
         assert_eq!(index.locations(&Id([11; 32])).unwrap().len(), 2, "a blob in two packs has two copies");
         assert_eq!(index.get(&Id([12; 32])).unwrap().map(|l| index.pack_of(&l).0), Some(Id([2; 32])));
-        assert!(!index.contains(&Id([13; 32])).unwrap());
+        assert!(index.get(&Id([13; 32])).unwrap().is_none());
         drop(index);
 
         // A run that stops without persisting: its pack is recorded, its blobs maybe not.
@@ -422,14 +414,14 @@ mod tests {
         let third = pack(3, &[13]);
         put(&third);
         index.add(&third).unwrap();
-        assert!(index.contains(&Id([13; 32])).unwrap());
+        assert!(index.get(&Id([13; 32])).unwrap().is_some());
         drop(index);
         // ...and an index object that vanished from the target.
         fs::remove_file(root.join("repo/index").join(Id([1; 32]).hex())).unwrap();
         let index = Index::load(&storage, Some(&cache)).unwrap();
-        assert!(index.contains(&Id([13; 32])).unwrap(), "the stopped run's pack is read again");
+        assert!(index.get(&Id([13; 32])).unwrap().is_some(), "the stopped run's pack is read again");
         assert_eq!(index.locations(&Id([11; 32])).unwrap().len(), 1, "a gone pack's copies are not used");
-        assert!(!index.contains(&Id([10; 32])).unwrap());
+        assert!(index.get(&Id([10; 32])).unwrap().is_none());
         assert_eq!(index.packs().count(), 2);
         assert_eq!(index.known_packs().len(), 2);
         fs::remove_dir_all(&root).unwrap();
