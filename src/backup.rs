@@ -16,11 +16,13 @@ use crate::config::Config;
 use crate::docker::discover::{discover, MountSource};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
+use crate::docker::quiesce::{run_hooks, Hook, Phase, Stopped};
 use crate::repo::format::{SourceKind, SourceRecord, Summary};
 use crate::repo::index::KnownPacks;
 use crate::repo::{Id, Index, RepoError, Repository, Snapshot};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
+use crate::source::dump::{self, DumpStream, DumpTarget};
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::{walk, ChannelSink, ChannelSource, Event, EventSource};
 use crate::Error;
@@ -87,17 +89,22 @@ impl Planned {
     }
 }
 
-/// What a run will read: the engine (when Docker sources are selected) and the sources.
+/// What a run will read: the engine (when Docker sources are selected), the databases to dump, the
+/// sources, and how the stack is kept consistent while they are read.
 struct Plan {
     engine: Option<Engine>,
+    dumps: Vec<DumpTarget>,
     sources: Vec<Planned>,
     skipped: Vec<String>,
+    stop: Vec<String>,
+    hooks: Vec<Hook>,
 }
 
 async fn plan(config: &Config) -> Result<Plan, Error> {
     let mut sources = Vec::new();
     let mut skipped = Vec::new();
     let mut engine = None;
+    let (mut dumps, mut stop, mut hooks) = (Vec::new(), Vec::new(), Vec::new());
     if config.docker.select.is_set() {
         let started = Engine::start(config).await?;
         let found = discover(&started.docker, &config.docker.select).await?;
@@ -109,13 +116,14 @@ async fn plan(config: &Config) -> Result<Plan, Error> {
         }
         skipped = found.skipped;
         sources.extend(found.sources.into_iter().map(Planned::Mount));
+        (dumps, stop, hooks) = (found.dumps, found.stop, found.hooks);
         engine = Some(started);
     }
     sources.extend(config.paths.iter().cloned().map(Planned::Path));
-    if sources.is_empty() {
+    if sources.is_empty() && dumps.is_empty() {
         return Err(Error::Usage("nothing to back up: set docker.select (project or label) or paths in the configuration".into()));
     }
-    Ok(Plan { engine, sources, skipped })
+    Ok(Plan { engine, dumps, sources, skipped, stop, hooks })
 }
 
 pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
@@ -124,14 +132,30 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let stack = config.stack()?.to_string();
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
-    let Plan { engine, sources: planned, skipped } = plan(config).await?;
+    let Plan { engine, dumps, sources: planned, skipped, stop, hooks } = plan(config).await?;
+    if !dumps.is_empty() && repo.config.version < 3 {
+        return Err(Error::Usage(format!(
+            "the repository is in format version {}; database dumps need version 3: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
+            repo.config.version
+        )));
+    }
     let engine = engine.map(Arc::new);
+    if let Some(engine) = &engine {
+        if let Err(e) = run_hooks(&engine.docker, &hooks, Phase::Pre).await {
+            let _ = run_hooks(&engine.docker, &hooks, Phase::Post).await;
+            engine.finish().await;
+            return Err(e.into());
+        }
+    }
 
     let handle = Handle::current();
     let recipients = config.encryption.recipients.clone();
     let hostname = crate::hostname();
     let config = config.clone();
     let work_engine = engine.clone();
+    // Whatever the archiving thread stops, this side starts again, however that thread ends.
+    let stopped: Arc<std::sync::Mutex<Option<Stopped>>> = Arc::default();
+    let stopped_slot = stopped.clone();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let engine = work_engine;
         let mut index = repo.load_index()?;
@@ -141,6 +165,27 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
+        // Databases first, while every server runs.
+        for target in &dumps {
+            let docker = &engine.as_ref().expect("dumps come from Docker").docker;
+            let jobs = handle.block_on(dump::plan_jobs(docker, target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+            for job in jobs {
+                let shown = format!("dump {}", job.name());
+                let mut stream = DumpStream::start(&handle, docker, job.clone()).map_err(|e| Error::source(&shown, e))?;
+                let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
+                let mut record = SourceRecord::new(SourceKind::Dump, job.name(), archived.root);
+                record.bytes = archived.stats.bytes;
+                record.dump = stream.record.take();
+                records.push(record);
+                routes.push(format!("by exec in container {}", job.target.container));
+            }
+        }
+        if !stop.is_empty() {
+            let docker = &engine.as_ref().expect("containers to stop come from Docker").docker;
+            let (done, result) = handle.block_on(Stopped::stop(docker, config.state_dir(), &stop));
+            *stopped_slot.lock().expect("stopped containers") = Some(done);
+            result?;
+        }
         for source in planned {
             let cache = source.files_cache(&config, &repo);
             let rules = source.rules(&config);
@@ -177,6 +222,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                 bytes: archived.stats.bytes,
                 exclude_rules: in_force,
                 excluded: archived.excluded,
+                dump: None,
             });
             caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
@@ -186,10 +232,21 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     })
     .await
     .expect("backup thread panicked");
+    let mut consistency = Vec::new();
     if let Some(engine) = &engine {
+        let stopped = stopped.lock().expect("stopped containers").take();
+        if let Some(stopped) = stopped {
+            consistency.extend(stopped.start_again(&engine.docker).await.err());
+        }
+        consistency.extend(run_hooks(&engine.docker, &hooks, Phase::Post).await.err());
         engine.finish().await;
     }
-    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config) = archived?;
+    // A hook or a restart that failed fails the run, after the reading's own failure if it had one.
+    let archived = archived?;
+    if let Some(first) = consistency.into_iter().next() {
+        return Err(first.into());
+    }
+    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config) = archived;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -237,7 +294,7 @@ pub struct SourceScan {
 
 pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), Error> {
     let repo = crate::open_repository(config)?;
-    let Plan { engine, sources, skipped } = plan(config).await?;
+    let Plan { engine, sources, skipped, .. } = plan(config).await?;
     let engine = engine.map(Arc::new);
     let handle = Handle::current();
     let config = config.clone();

@@ -9,6 +9,7 @@ use crate::repo::crypt::{self, Recipient};
 
 pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/stackvault";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/stackvault";
 
 /// Environment variables read by the command line itself rather than the config file.
 const CLI_VARIABLES: &[&str] = &["STACKVAULT_CONFIG", "STACKVAULT_IDENTITY"];
@@ -44,6 +45,10 @@ pub struct Config {
     /// Where the files cache lives (the sidecar's own disk; losing it costs one full read).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// What must outlive the process: the containers a run stopped (README, "Consistency"). Unlike the
+    /// cache, keep it on a volume: a sidecar killed while containers are stopped starts them from it.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Gitignore-style patterns left out of every source, matched against paths below its root.
     #[serde(default, deserialize_with = "patterns")]
     pub exclude: Vec<String>,
@@ -218,6 +223,7 @@ impl Config {
                 "STACKVAULT_DOCKER_STREAM" => self.docker.stream = value.parse().map_err(env_err)?,
                 "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
                 "STACKVAULT_CACHE_DIR" => self.cache_dir = Some(PathBuf::from(&value)),
+                "STACKVAULT_STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "STACKVAULT_EXCLUDE" => {
                     let patterns: Vec<String> = list().map(str::to_string).collect();
                     for pattern in &patterns {
@@ -253,6 +259,10 @@ impl Config {
 
     pub fn cache_dir(&self) -> &Path {
         self.cache_dir.as_deref().unwrap_or(Path::new(DEFAULT_CACHE_DIR))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR))
     }
 
     pub fn repository_path(&self) -> Result<&Path, ConfigError> {

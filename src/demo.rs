@@ -53,7 +53,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     remove_stack(docker).await?;
 
     println!("4. restoring the latest snapshot");
-    let options = crate::restore::RestoreOptions { snapshot: "latest".into(), identity: None, force: false, to: None };
+    let options = crate::restore::RestoreOptions { snapshot: "latest".into(), identity: None, force: false, to: None, only: Vec::new() };
     let restored = crate::restore::restore(&config, options).await?;
     for r in &restored.restored {
         println!("   restored {}", r.source);

@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot: volumes and bind mounts through Docker, paths in place
+    /// Restore a snapshot: volumes and bind mounts through Docker, databases into their running
+    /// servers, paths in place
     Restore {
         /// Snapshot id (or a unique prefix of it), or `latest`
         snapshot: String,
@@ -55,6 +56,10 @@ enum Command {
         /// Restore every source as a directory below DIR instead of to its origin
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// Restore only this: `db:NAME` (a database, or a compose service or container whose dumps
+        /// are all restored) or `volume:NAME`; may be repeated
+        #[arg(long, value_name = "WHAT")]
+        only: Vec<String>,
     },
     /// Check that every snapshot's objects are present and intact
     Verify {
@@ -263,9 +268,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{} snapshots", snapshots.len());
             }
         }
-        Command::Restore { snapshot, identity, force, to } => {
+        Command::Restore { snapshot, identity, force, to, only } => {
             let config = Config::load(config_path)?;
-            let options = RestoreOptions { snapshot, identity, force, to };
+            let only = only.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            let options = RestoreOptions { snapshot, identity, force, to, only };
             let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await??;
             for restored in &outcome.restored {
                 println!("restored {} -> {}", restored.source, restored.destination);
@@ -357,6 +363,10 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
     };
     if let Ok(docker) = stackvault::docker::connect(config.docker.host.as_deref()).await {
         stackvault::docker::helper::remove_live_helpers(&docker).await;
+        // Containers this run stopped for the backup run again before it exits.
+        if let Err(e) = stackvault::docker::quiesce::start_left_stopped(&docker, config.state_dir(), true).await {
+            eprintln!("error: {e}");
+        }
     }
     eprintln!("interrupted by {signal_name}: no snapshot was written; the next run reuses what was stored");
     std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });

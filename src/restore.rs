@@ -1,6 +1,7 @@
 //! The restore command: replays a snapshot's trees as events into each source's place: a Docker
 //! volume or bind mount through a helper running the agent (which writes safely, see
-//! `source::apply`), a host path in-process, or everything under one directory with `--to`.
+//! `source::apply`), a host path in-process, a database dump into its running server by exec
+//! (`source::dump`), or everything under one directory with `--to`; `--only` picks sources.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,12 @@ use crate::config::Config;
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::crypt::Identities;
-use crate::repo::format::{Node, SourceKind, SourceRecord};
+use crate::repo::format::{DumpRecord, Node, SourceKind, SourceRecord};
 use crate::repo::pack::BlobReader;
 use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
 use crate::repo::{Id, RepoError};
 use crate::source::apply::{apply, ApplyReport};
+use crate::source::dump;
 use crate::source::wire::EventWriter;
 use crate::source::{Event, EventSource, Meta, SourceError};
 use crate::Error;
@@ -27,6 +29,39 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore every source as a directory below this one instead of to its origin.
     pub to: Option<PathBuf>,
+    /// Restore only these sources (all when empty).
+    pub only: Vec<Only>,
+}
+
+/// `--only db:NAME` or `--only volume:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Only {
+    /// A database name, or a compose service or container whose dumps are all restored.
+    Db(String),
+    Volume(String),
+}
+
+impl std::str::FromStr for Only {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("db", name)) if !name.is_empty() => Ok(Only::Db(name.to_string())),
+            Some(("volume", name)) if !name.is_empty() => Ok(Only::Volume(name.to_string())),
+            _ => Err(format!("--only {text:?}: write db:NAME (a database, compose service or container) or volume:NAME")),
+        }
+    }
+}
+
+impl Only {
+    fn matches(&self, source: &SourceRecord) -> bool {
+        match (self, &source.dump) {
+            (Only::Volume(name), _) => source.kind == SourceKind::Volume && &source.name == name,
+            (Only::Db(name), Some(dump)) => {
+                [dump.database.as_ref(), dump.service.as_ref(), Some(&dump.container), Some(&source.name)].into_iter().flatten().any(|n| n == name)
+            }
+            (Only::Db(_), None) => false,
+        }
+    }
 }
 
 pub struct RestoredSource {
@@ -42,15 +77,27 @@ pub struct RestoreOutcome {
 
 pub async fn restore(config: &Config, options: RestoreOptions) -> Result<RestoreOutcome, Error> {
     let repo = crate::open_repository(config)?;
-    let (snapshot_id, snapshot) = repo.find_snapshot(&options.snapshot)?;
+    let (snapshot_id, mut snapshot) = repo.find_snapshot(&options.snapshot)?;
     let identities = options.identity.as_deref().map(Identities::load).transpose()?;
+    // Checked whole before anything is left out of it.
+    {
+        let index = repo.load_index()?;
+        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
+    }
+    if let Some(unmatched) = options.only.iter().find(|only| !snapshot.sources.iter().any(|s| only.matches(s))) {
+        let has: Vec<String> = snapshot.sources.iter().map(|s| s.label()).collect();
+        return Err(Error::Usage(format!("--only {unmatched:?} matches nothing in snapshot {snapshot_id}; it holds: {}", has.join(", "))));
+    }
+    if !options.only.is_empty() {
+        snapshot.sources.retain(|s| options.only.iter().any(|only| only.matches(s)));
+    }
+    // Files and volumes first, databases after: a server whose data volume was restored can be running by then.
+    snapshot.sources.sort_by_key(|s| s.kind == SourceKind::Dump);
     let needs_docker = options.to.is_none() && snapshot.sources.iter().any(|s| s.kind != SourceKind::Path);
     let engine = if needs_docker { Some(Engine::start(config).await?) } else { None };
     let handle = Handle::current();
     let restored = tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
         let index = repo.load_index()?;
-        // Checked, like the identity, before any destination is touched.
-        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
         let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
         let mut restored = Vec::new();
         for source in &snapshot.sources {
@@ -63,6 +110,10 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
             };
             let (destination, report) = match local {
                 Some(dest) => (dest.display().to_string(), restore_local(&mut reader, snapshot_id, source, &dest, options.force)?),
+                None if source.kind == SourceKind::Dump => {
+                    let engine = engine.as_ref().expect("connected for dump sources");
+                    restore_dump(&handle, engine, &mut reader, snapshot_id, source, options.force)?
+                }
                 None => {
                     let engine = engine.as_ref().expect("connected for mount sources");
                     (shown.clone(), restore_mount(&handle, engine, &mut reader, snapshot_id, source, options.force)?)
@@ -78,6 +129,69 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     // auto-remove: their teardown syncs the host's filesystem (0.5-0.9 s for 500 MB here), the same
     // writeback a `tar -x` leaves to the kernel; the volumes are whole and usable already.
     restored
+}
+
+/// Loads a dump back into its database server: the container of the same compose service and
+/// project when one runs, else the container of the same name. Returns where it went, and notes.
+fn restore_dump(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, force: bool) -> Result<(String, Vec<String>), Error> {
+    let shown = source.label();
+    let record = source.dump.as_ref().expect("a dump source has its record");
+    let docker = &engine.docker;
+    let container = handle.block_on(find_server(docker, record)).map_err(|e| Error::source(&shown, e))?;
+    let inspected = handle.block_on(docker.inspect_container(&container, None)).map_err(crate::docker::DockerError::api(format!("inspecting container {container}")))?;
+    let config = inspected.config.unwrap_or_default();
+    let (labels, env) = (config.labels.unwrap_or_default(), config.env.unwrap_or_default());
+    let engine_kind = dump::DumpEngine::parse(&record.engine).map_err(|e| Error::source(&shown, e))?;
+    // The login as this container's own labels and environment say now (passwords may have changed).
+    let login = match dump::DumpSpec::from_labels(&labels, config.image.as_deref().unwrap_or_default(), &env) {
+        Ok(Some(spec)) if spec.engine == engine_kind => spec.login,
+        _ => {
+            let names: std::collections::HashSet<&str> = env.iter().map(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n)).collect();
+            let value = |name: &str| env.iter().find_map(|e| e.strip_prefix(name).and_then(|r| r.strip_prefix('='))).map(str::to_string);
+            dump::Login::resolve(engine_kind, None, None, None, &names, &value).map_err(|(label, message)| Error::source(&shown, format!("container {container}: {message} ({label})")))?
+        }
+    };
+    let mut replay = TreeReplay::new(reader, snapshot, source);
+    let mut send = |input: &mut dyn std::io::Write| -> Result<(), Error> {
+        loop {
+            match replay.next_event().map_err(|e| replay.blame(e, &shown))? {
+                Event::Data(piece) => input.write_all(&piece).map_err(|e| Error::source(&shown, SourceError::Stream(e)))?,
+                Event::End => return Ok(()),
+                _ => {}
+            }
+        }
+    };
+    let warnings = dump::restore(handle, docker, &container, record, &login, force, &mut send)?;
+    let destination = match &record.database {
+        Some(db) => format!("database {db} in container {container}"),
+        None => format!("container {container}"),
+    };
+    Ok((destination, warnings))
+}
+
+/// The running container to load a dump into.
+async fn find_server(docker: &bollard::Docker, record: &DumpRecord) -> Result<String, String> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    if let (Some(project), Some(service)) = (&record.project, &record.service) {
+        let labels = vec![format!("com.docker.compose.project={project}"), format!("com.docker.compose.service={service}")];
+        let filters = std::collections::HashMap::from([("label".to_string(), labels), ("status".to_string(), vec!["running".to_string()])]);
+        let options = ListContainersOptionsBuilder::default().filters(&filters).build();
+        let found = docker.list_containers(Some(options)).await.map_err(|e| format!("listing containers: {e}"))?;
+        if let Some(name) = found.iter().filter_map(|c| c.names.as_ref()?.first()).map(|n| n.trim_start_matches('/').to_string()).min() {
+            return Ok(name);
+        }
+    }
+    match docker.inspect_container(&record.container, None).await {
+        Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => Ok(record.container.clone()),
+        _ => {
+            let service = record.service.as_ref().map(|s| format!(" (compose service {s})")).unwrap_or_default();
+            Err(format!(
+                "its database server, container {}{service}, is not running here: start it first (e.g. `docker compose up -d {}`), then restore again",
+                record.container,
+                record.service.as_deref().unwrap_or(&record.container)
+            ))
+        }
+    }
 }
 
 /// A host path as one directory name: `/srv/app data` becomes `srv_app data`.

@@ -1,5 +1,6 @@
 //! Finds what to back up: the selected containers (by compose project and/or label) and the volumes and
-//! bind mounts they use, minus what their `stackvault.*` labels opt out.
+//! bind mounts they use, minus what their `stackvault.*` labels opt out; the databases they ask to have
+//! dumped, the containers to stop while their mounts are read, and their hooks.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -7,7 +8,9 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 
 use super::helper::HELPER_LABEL;
+use super::quiesce::{Hook, LABEL_STOP};
 use super::DockerError;
+use crate::source::dump::{DumpEngine, DumpSpec, DumpTarget, LABEL_VOLUMES};
 use crate::config::SelectConfig;
 use crate::repo::format::SourceKind;
 use crate::source::exclude::{check_pattern, RuleSet};
@@ -38,6 +41,12 @@ pub struct Discovery {
     pub sources: Vec<MountSource>,
     /// Mounts left out, with why, for the run's report.
     pub skipped: Vec<String>,
+    /// Containers whose databases are dumped.
+    pub dumps: Vec<DumpTarget>,
+    /// Running containers to stop while the mounts are read (`stackvault.stop-during-backup=true`).
+    pub stop: Vec<String>,
+    /// Containers with `stackvault.pre` / `stackvault.post` commands, by name.
+    pub hooks: Vec<Hook>,
 }
 
 pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discovery, DockerError> {
@@ -67,6 +76,42 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
             continue;
         }
         found.containers.push(name.clone());
+        let label_error = |label: &'static str, message: String| DockerError::Label { container: name.clone(), label, message };
+        let running = container.state.as_ref().is_some_and(|s| *s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+        if let Some(hook) = Hook::from_labels(&name, &labels).map_err(|(label, message)| label_error(label, message))? {
+            found.hooks.push(hook);
+        }
+        match labels.get(LABEL_STOP).map(|v| v.trim()) {
+            None | Some("false") => {}
+            Some("true") => {
+                if running {
+                    found.stop.push(name.clone());
+                }
+            }
+            Some(other) => return Err(label_error(LABEL_STOP, format!("{other:?} is not true or false"))),
+        }
+        // The server's live files are left to its dump, which is consistent where they are not.
+        let mut data_dirs = Vec::new();
+        if labels.keys().any(|k| k.starts_with("stackvault.dump")) {
+            let inspected = docker.inspect_container(&name, None).await.map_err(DockerError::api(format!("inspecting container {name}")))?;
+            let env = inspected.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default();
+            let image = inspected.config.as_ref().and_then(|c| c.image.clone()).or(container.image.clone()).unwrap_or_default();
+            if let Some(spec) = DumpSpec::from_labels(&labels, &image, &env).map_err(|(label, message)| label_error(label, message))? {
+                if !spec.include_volumes {
+                    let pgdata = env.iter().find_map(|e| e.strip_prefix("PGDATA="));
+                    data_dirs = spec.engine.data_dirs(pgdata);
+                }
+                if spec.engine == DumpEngine::Command && spec.include_volumes {
+                    return Err(label_error(LABEL_VOLUMES, "a command dump has no data directory to leave out; leave mounts out with stackvault.exclude".into()));
+                }
+                found.dumps.push(DumpTarget {
+                    container: name.clone(),
+                    service: labels.get("com.docker.compose.service").cloned(),
+                    project: labels.get("com.docker.compose.project").cloned(),
+                    spec,
+                });
+            }
+        }
         if labels.get(LABEL_SKIP).map(String::as_str) == Some("true") {
             found.skipped.push(format!("{name}: all mounts ({LABEL_SKIP}=true)"));
             continue;
@@ -87,6 +132,11 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
                     continue;
                 }
             };
+            let below = |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{}/", outer.trim_end_matches('/')));
+            if data_dirs.iter().any(|dir| below(dir, &destination) || below(&destination, dir)) {
+                found.skipped.push(format!("{name}:{destination}: the database's live files (dumped instead; {LABEL_VOLUMES}=include keeps them)"));
+                continue;
+            }
             if excluded.iter().any(|e| *e == source_name || *e == destination) {
                 found.skipped.push(format!("{name}:{destination}: {LABEL_EXCLUDE}"));
                 continue;

@@ -25,6 +25,8 @@ pub struct Engine {
     owner: Owner,
     exchange: Option<Exchange>,
     own: Option<OwnContainer>,
+    /// Containers an earlier, killed run had stopped, started again by this one.
+    pub restarted: Vec<String>,
 }
 
 impl Engine {
@@ -52,7 +54,9 @@ impl Engine {
         );
         swept?;
         let (exchange, agent_image) = (exchange?, agent_image?);
-        Ok(Engine { docker, agent_image, owner, exchange, own })
+        // A run killed while it had containers stopped: start them before anything else.
+        let restarted = super::quiesce::start_left_stopped(&docker, config.state_dir(), false).await?;
+        Ok(Engine { docker, agent_image, owner, exchange, own, restarted })
     }
 
     /// Ends the run's use of the engine: returns once every helper it started is gone.

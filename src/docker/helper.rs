@@ -15,14 +15,14 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
-use bytes::Bytes;
+
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+
 
 use super::engine::Engine;
-use super::DockerError;
+use super::{stdio, DockerError};
 
 pub const HELPER_LABEL: &str = "stackvault.helper";
 /// The run that started a helper, as [`Owner::label`] writes it.
@@ -61,8 +61,7 @@ pub async fn wait_until_gone(docker: &Docker) {
     }
 }
 
-/// Keep the tail of a helper's stderr for error messages, not all of it.
-const STDERR_TAIL: usize = 16 << 10;
+
 
 /// Makes sure an image holding exactly this binary exists; returns its reference. The tag is the
 /// binary's hash, so a new build gets a new image and a helper never runs a stale agent. The binary is
@@ -284,30 +283,8 @@ impl Helper {
         let attached = docker.attach_container(&helper.id, Some(attach)).await.map_err(DockerError::api(format!("attaching to helper {}", helper.id)))?;
         docker.start_container(&helper.id, None).await.map_err(DockerError::api(format!("starting helper {}", helper.id)))?;
 
-        let (out_tx, out_rx) = mpsc::channel::<Bytes>(16);
-        let stderr = helper.stderr.clone();
-        let mut output = attached.output;
-        tokio::spawn(async move {
-            while let Some(Ok(item)) = output.next().await {
-                match item {
-                    bollard::container::LogOutput::StdErr { message } => {
-                        let mut tail = stderr.lock().expect("stderr buffer");
-                        tail.push_str(&String::from_utf8_lossy(&message));
-                        if tail.len() > STDERR_TAIL {
-                            let cut = tail.len() - STDERR_TAIL;
-                            let cut = (cut..tail.len()).find(|i| tail.is_char_boundary(*i)).unwrap_or(tail.len());
-                            tail.drain(..cut);
-                        }
-                    }
-                    other => {
-                        if out_tx.send(other.into_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-
+        let tail = helper.stderr.clone();
+        let stdout = stdio::demux(attached.output, move |message| stdio::append_tail(&tail, message));
         let io = match listening {
             Some(listening) => {
                 let stream = helper.accept(listening).await?;
@@ -316,18 +293,7 @@ impl Helper {
                 HelperIo { reader: Box::new(stream), writer: Box::new(SocketWriter(writer)) }
             }
             None => {
-                let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
-                let mut input = attached.input;
-                tokio::spawn(async move {
-                    while let Some(bytes) = in_rx.recv().await {
-                        if input.write_all(&bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = input.flush().await;
-                    let _ = input.shutdown().await;
-                });
-                HelperIo { reader: Box::new(ChannelReader::new(out_rx)), writer: Box::new(ChannelWriter::new(in_tx)) }
+                HelperIo { reader: Box::new(stdout), writer: Box::new(stdio::feed(attached.input)) }
             }
         };
         Ok((helper, io))
@@ -434,64 +400,6 @@ impl Write for SocketWriter {
 impl Drop for SocketWriter {
     fn drop(&mut self) {
         let _ = self.0.shutdown(std::net::Shutdown::Write);
-    }
-}
-
-/// Blocking `Read` over a helper's attached stdout, for the data path's threads.
-struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        ChannelReader { rx, current: Bytes::new() }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(bytes) => self.current = bytes,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// Blocking `Write` into a helper's attached stdin, batching small writes.
-struct ChannelWriter {
-    tx: mpsc::Sender<Bytes>,
-    buf: Vec<u8>,
-}
-
-const WRITE_BATCH: usize = 256 << 10;
-
-impl ChannelWriter {
-    fn new(tx: mpsc::Sender<Bytes>) -> Self {
-        ChannelWriter { tx, buf: Vec::with_capacity(WRITE_BATCH) }
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_BATCH {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let batch = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BATCH)));
-        self.tx.blocking_send(batch).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the helper stopped reading"))
     }
 }
 

@@ -1,11 +1,15 @@
 //! Everything that talks to the Docker Engine API: finding the stack's containers and mounts
 //! ([`discover`]), one run's hold on the engine ([`engine`]), and running stackvault's agent in
-//! short-lived helper containers ([`helper`]) that stream through a shared socket ([`exchange`]).
+//! short-lived helper containers ([`helper`]) that stream through a shared socket ([`exchange`]);
+//! commands inside the stack's containers ([`exec`]) and keeping them consistent while read ([`quiesce`]).
 
 pub mod discover;
 pub mod engine;
 pub mod exchange;
+pub mod exec;
 pub mod helper;
+pub mod quiesce;
+pub mod stdio;
 
 use bollard::Docker;
 
@@ -19,6 +23,8 @@ pub enum DockerError {
     HelperFailed { container: String, purpose: String, code: i64, stderr: String },
     #[error("{0}")]
     Agent(String),
+    #[error("{purpose} (container {container}): {message}")]
+    Exec { container: String, purpose: String, message: String },
     #[error("container {container}, label {label}: {message}")]
     Label { container: String, label: &'static str, message: String },
 }

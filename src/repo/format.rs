@@ -222,6 +222,8 @@ pub enum SourceKind {
     Bind,
     /// A directory the sidecar reads itself.
     Path,
+    /// A database dump (or another program's output) read as a byte stream: its root is one file.
+    Dump,
 }
 
 impl SourceKind {
@@ -230,6 +232,7 @@ impl SourceKind {
             SourceKind::Volume => "volume",
             SourceKind::Bind => "bind",
             SourceKind::Path => "path",
+            SourceKind::Dump => "dump",
         }
     }
 }
@@ -257,12 +260,64 @@ pub struct SourceRecord {
     /// What those rules left out, per rule that matched anything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<Excluded>,
+    /// For a `dump` source (and only for one): what was dumped and what the dump said of itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpRecord>,
+}
+
+/// What a dump source holds and how to load it back (docs/FORMAT.md, "Dump sources").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DumpRecord {
+    /// `mariadb`, `mysql`, `postgres` or `command`.
+    pub engine: String,
+    /// What the stream is: `sql` (mariadb-dump/mysqldump output of one database), `sql-globals`
+    /// (users and grants, or pg_dumpall --globals-only), `pg-custom` (pg_dump -Fc -Z0) or `command`.
+    pub format: String,
+    /// The container the dump ran in, its compose service and project when it has them.
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The database; absent for globals and command dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The server's version as the dump recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Where the server's log stood: a binlog/GTID position, or the WAL position before the dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// Rows per table (`schema.table`) in the dump, counted from the stream itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, u64>,
+    /// For `command` dumps: the command that loads the stream back, from its stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
 }
 
 impl SourceRecord {
     /// How messages name the source: `volume demo_db-data`, `path /srv/app`.
     pub fn label(&self) -> String {
         format!("{} {}", self.kind.as_str(), self.name)
+    }
+
+    /// A source of this kind and name with no dump, mount or exclusion details yet.
+    pub fn new(kind: SourceKind, name: String, root: Node) -> Self {
+        SourceRecord {
+            kind,
+            name,
+            root,
+            mounted_by: Vec::new(),
+            volume_driver: None,
+            volume_labels: BTreeMap::new(),
+            entries: 0,
+            bytes: 0,
+            exclude_rules: Vec::new(),
+            excluded: Vec::new(),
+            dump: None,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! attacker: each tree is checked before it is used, and a walk stops as soon as a source holds more
 //! than its manifest declares, however its trees are shared.
 
-use super::format::{is_lower_hex, Node, RepoConfig, Snapshot, SourceRecord, Tree};
+use super::format::{is_lower_hex, Node, RepoConfig, Snapshot, SourceKind, SourceRecord, Tree};
 use super::index::Index;
 use super::pack::BlobReader;
 use super::{BlobKind, Id, RepoError};
@@ -142,6 +142,13 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
             return Err(format!("{}: its root must be a directory or a file, with an empty name", source.label()));
         }
         check_node(root, index, config.chunker.max_size as u64).map_err(|e| format!("{}: root: {e}", source.label()))?;
+        // Dump sources came with version 3; a dump record belongs to them alone.
+        if (source.kind == SourceKind::Dump) != source.dump.is_some() {
+            return Err(format!("{}: a dump source has a dump record, and only a dump source", source.label()));
+        }
+        if source.kind == SourceKind::Dump && (snapshot.version < 3 || root.kind != EntryKind::File) {
+            return Err(format!("{}: dump sources are single files, in manifests of version 3 or later", source.label()));
+        }
         if snapshot.sources[..i].iter().any(|s| s.kind == source.kind && s.name == source.name) {
             return Err(format!("{} is listed twice", source.label()));
         }

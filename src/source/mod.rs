@@ -1,8 +1,10 @@
 //! Sources: where snapshot contents come from. A file tree (a volume, a bind mount, a host path) reaches
 //! the engine as a stream of [`event::Event`]s, produced in-process by [`walk`] or by an agent in a helper
-//! container over its stdout ([`wire`]); restore replays the same events into [`apply`].
+//! container over its stdout ([`wire`]); restore replays the same events into [`apply`]. A database
+//! dump is a byte stream, read by exec in its server's container ([`dump`]) and archived as one file.
 
 pub mod apply;
+pub mod dump;
 pub mod event;
 pub mod exclude;
 pub mod walk;
@@ -26,6 +28,8 @@ pub enum SourceError {
     UnsafeName { name: String, context: String },
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    Dump(String),
 }
 
 impl SourceError {

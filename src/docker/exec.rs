@@ -1,0 +1,168 @@
+//! Commands run inside the stack's own containers through the engine's exec API (never the docker
+//! CLI): database dumps and restores, their checks, and hooks. Every command is a `sh -c` script that
+//! first reports its process id (so that it can be stopped: the exec API has no kill) and then, mostly,
+//! `exec`s the tool. Secrets never appear in a script: scripts name the container's own environment
+//! variables or files, which the exec inherits or reads inside the container.
+
+use std::time::Duration;
+
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::Docker;
+
+use super::stdio::{self, ChannelReader, ChannelWriter, StderrTail};
+use super::DockerError;
+
+/// The first line every script writes to stderr, with its process id inside the container.
+const PID_MARKER: &str = "stackvault-exec-pid ";
+
+pub struct ExecSpec {
+    pub container: String,
+    /// Shell text run by `sh -c`.
+    pub script: String,
+    /// Extra `NAME=value` variables; never secrets (those stay in the container).
+    pub env: Vec<String>,
+    pub stdin: bool,
+    /// How messages name the command: "dump of database calls in calls-db".
+    pub purpose: String,
+}
+
+/// A running exec. Its stdout ends when the process does; [`Exec::exit_code`] then says how.
+pub struct Exec {
+    docker: Docker,
+    id: String,
+    container: String,
+    pub purpose: String,
+    stderr: StderrTail,
+    pid: std::sync::Arc<std::sync::Mutex<Option<u32>>>,
+}
+
+pub struct ExecIo {
+    pub stdout: ChannelReader,
+    pub stdin: Option<ChannelWriter>,
+}
+
+/// A short command's whole result.
+pub struct Output {
+    pub code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exec {
+    pub async fn start(docker: &Docker, spec: ExecSpec) -> Result<(Exec, ExecIo), DockerError> {
+        let script = format!("echo \"{PID_MARKER}$$\" >&2; {}", spec.script);
+        let options = CreateExecOptions {
+            cmd: Some(vec!["sh".to_string(), "-c".into(), script]),
+            env: Some(spec.env),
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = docker.create_exec(&spec.container, options).await.map_err(|e| exec_error(&spec.container, &spec.purpose, e))?;
+        let started = docker
+            .start_exec(&created.id, Some(StartExecOptions { detach: false, tty: false, output_capacity: Some(1 << 20) }))
+            .await
+            .map_err(|e| exec_error(&spec.container, &spec.purpose, e))?;
+        let StartExecResults::Attached { output, input } = started else { unreachable!("started attached") };
+        let exec = Exec { docker: docker.clone(), id: created.id, container: spec.container, purpose: spec.purpose, stderr: StderrTail::default(), pid: Default::default() };
+        let (tail, pid) = (exec.stderr.clone(), exec.pid.clone());
+        let mut first = true;
+        let stdout = stdio::demux(output, move |message| {
+            let mut message = message;
+            if std::mem::take(&mut first) {
+                if let Some(rest) = std::str::from_utf8(message).ok().and_then(|m| m.strip_prefix(PID_MARKER)) {
+                    let (number, rest) = rest.split_once('\n').unwrap_or((rest, ""));
+                    *pid.lock().expect("exec pid") = number.trim().parse().ok();
+                    message = rest.as_bytes();
+                    return stdio::append_tail(&tail, message);
+                }
+            }
+            stdio::append_tail(&tail, message)
+        });
+        let stdin = spec.stdin.then(|| stdio::feed(input));
+        Ok((exec, ExecIo { stdout, stdin }))
+    }
+
+    /// Runs a script to its end, feeding it `input` when given; fails after `timeout`, stopping it.
+    pub async fn run(docker: &Docker, spec: ExecSpec, input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, DockerError> {
+        let wants_stdin = spec.stdin;
+        let (exec, io) = Exec::start(docker, ExecSpec { stdin: wants_stdin || input.is_some(), ..spec }).await?;
+        let ExecIo { mut stdout, stdin } = io;
+        let collect = tokio::task::spawn_blocking(move || {
+            if let Some(mut stdin) = stdin {
+                use std::io::Write;
+                let _ = stdin.write_all(input.as_deref().unwrap_or_default()).and_then(|_| stdin.flush());
+            }
+            let mut text = Vec::new();
+            // Bounded: queries answer in lines, hooks may talk; keep the head.
+            while let Some(piece) = stdout.next_piece() {
+                let room = OUTPUT_LIMIT.saturating_sub(text.len());
+                text.extend_from_slice(&piece[..piece.len().min(room)]);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        match tokio::time::timeout(timeout, collect).await {
+            Ok(stdout) => {
+                let stdout = stdout.expect("exec reader panicked");
+                let code = exec.exit_code().await?;
+                Ok(Output { code, stdout, stderr: exec.stderr() })
+            }
+            Err(_) => {
+                exec.stop().await;
+                Err(DockerError::Exec {
+                    container: exec.container.clone(),
+                    purpose: exec.purpose.clone(),
+                    message: format!("did not finish within {}; it was stopped", humantime::format_duration(timeout)),
+                })
+            }
+        }
+    }
+
+    /// The exit code, once the process has ended (its stdout has).
+    pub async fn exit_code(&self) -> Result<i64, DockerError> {
+        for _ in 0..600 {
+            let inspected = self.docker.inspect_exec(&self.id).await.map_err(|e| exec_error(&self.container, &self.purpose, e))?;
+            if inspected.running != Some(true) {
+                return Ok(inspected.exit_code.unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DockerError::Exec { container: self.container.clone(), purpose: self.purpose.clone(), message: "still running 30 s after closing its output".into() })
+    }
+
+    /// Stops the process (and what it `exec`ed into) with SIGTERM, then SIGKILL.
+    pub async fn stop(&self) {
+        let Some(pid) = *self.pid.lock().expect("exec pid") else { return };
+        let script = format!("kill -TERM {pid} 2>/dev/null; sleep 2; kill -KILL {pid} 2>/dev/null; true");
+        let options = CreateExecOptions { cmd: Some(vec!["sh".to_string(), "-c".into(), script]), ..Default::default() };
+        if let Ok(created) = self.docker.create_exec(&self.container, options).await {
+            let _ = self.docker.start_exec(&created.id, Some(StartExecOptions { detach: true, ..Default::default() })).await;
+        }
+    }
+
+    /// What it wrote to stderr (its tail), trimmed.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr buffer").trim().to_string()
+    }
+
+    /// The last line it wrote to stderr: mostly the tool's own reason for failing.
+    pub fn last_stderr_line(&self) -> String {
+        self.stderr().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    }
+
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+}
+
+const OUTPUT_LIMIT: usize = 1 << 20;
+
+fn exec_error(container: &str, purpose: &str, e: bollard::errors::Error) -> DockerError {
+    DockerError::Exec { container: container.to_string(), purpose: purpose.to_string(), message: e.to_string() }
+}
+
+/// A value as one shell word: single-quoted, with embedded quotes closed and escaped.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}

@@ -1,0 +1,123 @@
+//! The standard streams of a process in a container (a helper's attach stream, an exec's), turned into
+//! blocking `Read` and `Write` for the data path's threads. Docker multiplexes stdout and stderr on one
+//! connection: stdout flows on through a bounded channel, stderr is kept as a tail for messages.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bollard::container::LogOutput;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Keep the tail of a process's stderr for error messages, not all of it.
+pub const STDERR_TAIL: usize = 16 << 10;
+
+/// The last [`STDERR_TAIL`] bytes a process wrote to stderr.
+pub type StderrTail = Arc<Mutex<String>>;
+
+/// Splits an attached output stream: stdout into the returned reader (which ends where the stream
+/// does), stderr to `on_stderr`. Runs on the current tokio runtime.
+pub fn demux<S>(mut output: Pin<Box<S>>, mut on_stderr: impl FnMut(&[u8]) + Send + 'static) -> ChannelReader
+where
+    S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + ?Sized + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        while let Some(Ok(item)) = output.next().await {
+            match item {
+                LogOutput::StdErr { message } => on_stderr(&message),
+                other => {
+                    if tx.send(other.into_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    ChannelReader { rx, current: Bytes::new() }
+}
+
+/// Appends to a stderr tail, dropping its oldest bytes beyond [`STDERR_TAIL`].
+pub fn append_tail(stderr: &StderrTail, message: &[u8]) {
+    let mut tail = stderr.lock().expect("stderr buffer");
+    tail.push_str(&String::from_utf8_lossy(message));
+    if tail.len() > STDERR_TAIL {
+        let cut = tail.len() - STDERR_TAIL;
+        let cut = (cut..tail.len()).find(|i| tail.is_char_boundary(*i)).unwrap_or(tail.len());
+        tail.drain(..cut);
+    }
+}
+
+/// A blocking writer into an attached stdin; dropping it (after a flush) closes the process's input.
+pub fn feed(mut input: Pin<Box<dyn AsyncWrite + Send>>) -> ChannelWriter {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if input.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = input.flush().await;
+        let _ = input.shutdown().await;
+    });
+    ChannelWriter { tx, buf: Vec::with_capacity(WRITE_BATCH) }
+}
+
+/// Blocking `Read` over an attached stdout.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(bytes) => self.current = bytes,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+impl ChannelReader {
+    /// The next piece as the engine delivered it, without a copy; `None` at the end.
+    pub fn next_piece(&mut self) -> Option<Bytes> {
+        if !self.current.is_empty() {
+            return Some(std::mem::take(&mut self.current));
+        }
+        self.rx.blocking_recv()
+    }
+}
+
+/// Blocking `Write` into an attached stdin, batching small writes.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+const WRITE_BATCH: usize = 256 << 10;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let batch = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BATCH)));
+        self.tx.blocking_send(batch).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the process stopped reading its input"))
+    }
+}

@@ -1,0 +1,403 @@
+//! Database dumps: the second kind of source, a byte stream. A container labelled `stackvault.dump`
+//! has its databases dumped by the server's own tools, run inside it through the exec API; each dump's
+//! stdout flows straight into the chunker as a single file's content, and counts only once the tool
+//! exited 0, wrote something, and the stream passed its engine's completion check ([`sqldump`],
+//! [`pgcustom`], a trailer, or the label's check command). Restore streams it back the same way.
+
+pub mod engine;
+pub mod pgcustom;
+pub mod sqldump;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+
+use tokio::runtime::Handle;
+
+use super::{EntryKind, Event, EventSource, Meta, SourceError};
+use crate::docker::exec::{Exec, ExecIo, ExecSpec};
+use crate::docker::stdio::{ChannelReader, ChannelWriter};
+use crate::docker::DockerError;
+use crate::repo::format::DumpRecord;
+pub use engine::{DumpEngine, Login, Password};
+
+pub const LABEL_DUMP: &str = "stackvault.dump";
+pub const LABEL_DATABASES: &str = "stackvault.dump.databases";
+pub const LABEL_COMMAND: &str = "stackvault.dump.command";
+pub const LABEL_RESTORE_COMMAND: &str = "stackvault.dump.restore-command";
+pub const LABEL_CHECK_COMMAND: &str = "stackvault.dump.check-command";
+pub const LABEL_VOLUMES: &str = "stackvault.dump.volumes";
+pub const LABEL_USER: &str = "stackvault.dump.user";
+pub const LABEL_PASSWORD_ENV: &str = "stackvault.dump.password-env";
+pub const LABEL_PASSWORD_FILE: &str = "stackvault.dump.password-file";
+
+/// What a container's labels ask to be dumped, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpSpec {
+    pub engine: DumpEngine,
+    /// The databases to dump; every user database when `None`.
+    pub databases: Option<Vec<String>>,
+    /// For `command` dumps: the dump, restore and optional check commands.
+    pub command: Option<String>,
+    pub restore_command: Option<String>,
+    pub check_command: Option<String>,
+    /// Back up the server's data directory too (`stackvault.dump.volumes=include`).
+    pub include_volumes: bool,
+    pub login: Login,
+}
+
+/// A container to dump, as discovery found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpTarget {
+    pub container: String,
+    pub service: Option<String>,
+    pub project: Option<String>,
+    pub spec: DumpSpec,
+}
+
+impl DumpSpec {
+    /// Reads a container's `stackvault.dump*` labels; `None` when it has no `stackvault.dump`.
+    /// `image` and `env_names` (the names of its environment variables) tell `auto` the engine and
+    /// where the credentials are.
+    pub fn from_labels(labels: &std::collections::HashMap<String, String>, image: &str, env: &[String]) -> Result<Option<DumpSpec>, (&'static str, String)> {
+        let Some(kind) = labels.get(LABEL_DUMP).map(|k| k.trim()) else {
+            for label in [LABEL_DATABASES, LABEL_COMMAND, LABEL_RESTORE_COMMAND, LABEL_CHECK_COMMAND, LABEL_VOLUMES, LABEL_USER, LABEL_PASSWORD_ENV, LABEL_PASSWORD_FILE] {
+                if labels.contains_key(label) {
+                    return Err((label, format!("set {LABEL_DUMP} too (mariadb, mysql, postgres, auto or command), or remove it")));
+                }
+            }
+            return Ok(None);
+        };
+        let env_names: HashSet<&str> = env.iter().map(|e| e.split_once('=').map_or(e.as_str(), |(name, _)| name)).collect();
+        let engine = match kind {
+            "auto" => DumpEngine::detect(image, &env_names).map_err(|e| (LABEL_DUMP, e))?,
+            other => DumpEngine::parse(other).map_err(|e| (LABEL_DUMP, e))?,
+        };
+        let text = |label: &'static str| labels.get(label).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let databases = text(LABEL_DATABASES).map(|list| list.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect::<Vec<_>>());
+        let include_volumes = match text(LABEL_VOLUMES).as_deref() {
+            None | Some("exclude") => false,
+            Some("include") => true,
+            Some(other) => return Err((LABEL_VOLUMES, format!("{other:?} is not include or exclude"))),
+        };
+        let (command, restore_command, check_command) = (text(LABEL_COMMAND), text(LABEL_RESTORE_COMMAND), text(LABEL_CHECK_COMMAND));
+        if engine == DumpEngine::Command {
+            if command.is_none() {
+                return Err((LABEL_COMMAND, format!("{LABEL_DUMP}=command needs the command whose stdout is the dump")));
+            }
+            if restore_command.is_none() {
+                return Err((LABEL_RESTORE_COMMAND, "a command dump needs the command that loads it back from stdin: a backup that cannot be restored is not one".into()));
+            }
+        } else {
+            for (label, value) in [(LABEL_COMMAND, &command), (LABEL_RESTORE_COMMAND, &restore_command), (LABEL_CHECK_COMMAND, &check_command)] {
+                if value.is_some() {
+                    return Err((label, format!("only for {LABEL_DUMP}=command; {} dumps are checked by stackvault", engine.as_str())));
+                }
+            }
+        }
+        let env_value = |name: &str| env.iter().find_map(|e| e.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))).map(str::to_string);
+        let login = Login::resolve(engine, text(LABEL_USER), text(LABEL_PASSWORD_ENV), text(LABEL_PASSWORD_FILE), &env_names, &env_value)?;
+        Ok(Some(DumpSpec { engine, databases, command, restore_command, check_command, include_volumes, login }))
+    }
+}
+
+/// One stream a target's dump is made of: a database, the server's users and roles, or the command's output.
+#[derive(Debug, Clone)]
+pub struct DumpJob {
+    pub target: DumpTarget,
+    pub database: Option<String>,
+    pub format: engine::DumpFormat,
+    /// What the server said before the dump: its version, its log position, whether it writes a binlog.
+    pub server: engine::ServerInfo,
+}
+
+impl DumpJob {
+    /// The source's name in the snapshot: `container/database`, `container/globals` or `container`.
+    pub fn name(&self) -> String {
+        match (&self.database, self.format) {
+            (Some(db), _) => format!("{}/{db}", self.target.container),
+            (None, engine::DumpFormat::Command) => self.target.container.clone(),
+            (None, _) => format!("{}/globals", self.target.container),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.database {
+            Some(db) => format!("dump of database {db} in container {}", self.target.container),
+            None if self.format == engine::DumpFormat::Command => format!("dump command in container {}", self.target.container),
+            None => format!("dump of users and roles in container {}", self.target.container),
+        }
+    }
+}
+
+/// Asks the server what to dump: its databases (all user databases, or those the label names, which
+/// must exist) and what it says of itself. One job per database, plus the server's users and roles.
+pub async fn plan_jobs(docker: &bollard::Docker, target: &DumpTarget) -> Result<Vec<DumpJob>, SourceError> {
+    let spec = &target.spec;
+    if spec.engine == DumpEngine::Command {
+        let server = engine::ServerInfo::default();
+        return Ok(vec![DumpJob { target: target.clone(), database: None, format: engine::DumpFormat::Command, server }]);
+    }
+    let (server, existing) = engine::inspect_server(docker, target).await.map_err(|e| {
+        let what = match &spec.databases {
+            Some(names) => format!("dump of database {} in container {}", names.join(", "), target.container),
+            None => format!("dump of the databases in container {}", target.container),
+        };
+        SourceError::Dump(format!("{what} failed: {e}"))
+    })?;
+    let databases = match &spec.databases {
+        None => existing,
+        Some(wanted) => {
+            if let Some(missing) = wanted.iter().find(|w| !existing.contains(w)) {
+                return Err(SourceError::Dump(format!(
+                    "container {}: database {missing:?} ({LABEL_DATABASES}) does not exist; it has {}",
+                    target.container,
+                    existing.join(", ")
+                )));
+            }
+            wanted.clone()
+        }
+    };
+    let mut jobs = Vec::new();
+    if let Some(format) = spec.engine.globals_format(&spec.login) {
+        jobs.push(DumpJob { target: target.clone(), database: None, format, server: server.clone() });
+    }
+    for database in databases {
+        jobs.push(DumpJob { target: target.clone(), database: Some(database), format: spec.engine.database_format(), server: server.clone() });
+    }
+    Ok(jobs)
+}
+
+/// How a dump's stream is checked as it passes.
+enum Check {
+    Sql(sqldump::SqlDumpCheck),
+    PgCustom(pgcustom::CustomArchiveCheck),
+    Trailer(engine::TrailerCheck),
+    /// The label's check command, fed the same bytes on its stdin.
+    Command(Option<(Exec, ChannelWriter)>),
+    None,
+}
+
+#[derive(PartialEq, Eq)]
+enum Stage {
+    Start,
+    Content,
+    Ended,
+    Done,
+}
+
+/// One running dump as a single file's events: its stdout is the content; the end comes only after
+/// the exit code and the checks said the dump is whole (otherwise the stream fails, and so the run).
+pub struct DumpStream<'h> {
+    handle: &'h Handle,
+    job: DumpJob,
+    exec: Exec,
+    stdout: ChannelReader,
+    check: Check,
+    stage: Stage,
+    bytes: u64,
+    /// What the dump said of itself, once it ended well.
+    pub record: Option<DumpRecord>,
+}
+
+/// Content is handed on in pieces of up to this many bytes.
+const PIECE: usize = 1 << 20;
+
+impl<'h> DumpStream<'h> {
+    pub fn start(handle: &'h Handle, docker: &bollard::Docker, job: DumpJob) -> Result<Self, SourceError> {
+        let spec = engine::dump_script(&job);
+        let (exec, ExecIo { stdout, .. }) = handle.block_on(Exec::start(docker, spec)).map_err(|e| SourceError::Dump(e.to_string()))?;
+        let check = match job.format {
+            engine::DumpFormat::Sql | engine::DumpFormat::SqlGlobals if job.target.spec.engine != DumpEngine::Postgres => Check::Sql(sqldump::SqlDumpCheck::new()),
+            engine::DumpFormat::SqlGlobals => Check::Trailer(engine::TrailerCheck::pg_globals()),
+            engine::DumpFormat::Sql => Check::None,
+            engine::DumpFormat::PgCustom => Check::PgCustom(pgcustom::CustomArchiveCheck::new()),
+            engine::DumpFormat::Command => match &job.target.spec.check_command {
+                Some(command) => {
+                    let spec = ExecSpec {
+                        container: job.target.container.clone(),
+                        script: command.clone(),
+                        env: Vec::new(),
+                        stdin: true,
+                        purpose: format!("check command of the dump in container {}", job.target.container),
+                    };
+                    let (checker, io) = handle.block_on(Exec::start(docker, spec)).map_err(|e| SourceError::Dump(e.to_string()))?;
+                    Check::Command(Some((checker, io.stdin.expect("attached stdin"))))
+                }
+                None => Check::None,
+            },
+        };
+        Ok(DumpStream { handle, job, exec, stdout, check, stage: Stage::Start, bytes: 0, record: None })
+    }
+
+    fn failed(&self, message: impl std::fmt::Display) -> SourceError {
+        SourceError::Dump(format!("{} failed: {message}; no snapshot was written", self.job.describe()))
+    }
+
+    fn content(&mut self) -> Result<Event, SourceError> {
+        let mut piece = vec![0u8; PIECE];
+        let mut filled = 0;
+        // Fill most of a piece: the engine delivers the stream in frames of a few KiB.
+        while filled < PIECE / 2 {
+            match self.stdout.read(&mut piece[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Err(self.failed(format!("reading its output: {e}"))),
+            }
+        }
+        if filled == 0 {
+            return self.end();
+        }
+        piece.truncate(filled);
+        self.bytes += filled as u64;
+        match &mut self.check {
+            Check::Sql(check) => check.feed(&piece),
+            Check::PgCustom(check) => check.feed(&piece).map_err(|e| self.failed(format!("its output is not a complete pg_dump archive: {e}")))?,
+            Check::Trailer(check) => check.feed(&piece),
+            // A check command that stopped reading is judged by its exit code at the end.
+            Check::Command(Some((_, input))) => {
+                let _ = input.write_all(&piece);
+            }
+            Check::Command(None) | Check::None => {}
+        }
+        Ok(Event::Data(piece))
+    }
+
+    /// The output ended: the dump counts only if the tool exited 0, wrote something, and the check passed.
+    fn end(&mut self) -> Result<Event, SourceError> {
+        self.stage = Stage::Ended;
+        let code = self.handle.block_on(self.exec.exit_code()).map_err(|e| self.failed(e))?;
+        let tool = self.job.format.tool(self.job.target.spec.engine);
+        if code != 0 {
+            let last = self.exec.last_stderr_line();
+            let said = if last.is_empty() { String::new() } else { format!(": {last}") };
+            return Err(self.failed(format!("{tool} exited with status {code}{said}")));
+        }
+        if self.bytes == 0 {
+            return Err(self.failed(format!("{tool} exited 0 but wrote nothing")));
+        }
+        let mut record = DumpRecord {
+            engine: self.job.target.spec.engine.as_str().into(),
+            format: self.job.format.as_str().into(),
+            container: self.job.target.container.clone(),
+            service: self.job.target.service.clone(),
+            project: self.job.target.project.clone(),
+            database: self.job.database.clone(),
+            server_version: self.job.server.version.clone(),
+            position: self.job.server.position.clone(),
+            tables: BTreeMap::new(),
+            restore_command: self.job.target.spec.restore_command.clone(),
+        };
+        match std::mem::replace(&mut self.check, Check::None) {
+            Check::Sql(check) => {
+                let summary = check.finish().map_err(|e| self.failed(e))?;
+                record.server_version = summary.server_version.or(record.server_version);
+                record.position = summary.position.or(record.position);
+                record.tables = summary.tables;
+            }
+            Check::PgCustom(check) => {
+                let summary = check.finish().map_err(|e| self.failed(format!("its output is not a complete pg_dump archive: {e}")))?;
+                record.server_version = Some(summary.server_version);
+                record.tables = summary.tables;
+            }
+            Check::Trailer(check) => check.finish().map_err(|e| self.failed(e))?,
+            Check::Command(Some((checker, mut input))) => {
+                // Its last bytes, then the end of its input; a checker that stopped reading is judged by its status.
+                let _ = input.flush();
+                drop(input);
+                let checked = self.handle.block_on(checker.exit_code()).map_err(|e| self.failed(e))?;
+                if checked != 0 {
+                    return Err(self.failed(format!("its check command exited with status {checked}: {}", checker.last_stderr_line())));
+                }
+            }
+            Check::Command(None) | Check::None => {}
+        }
+        self.record = Some(record);
+        Ok(Event::FileEnd)
+    }
+}
+
+impl EventSource for DumpStream<'_> {
+    fn next_event(&mut self) -> Result<Event, SourceError> {
+        match self.stage {
+            Stage::Start => {
+                self.stage = Stage::Content;
+                let mtime_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+                // A source's root has no name (docs/FORMAT.md, "Sources and counts"); the record says what it is.
+                let meta = Meta { name: Vec::new(), kind: EntryKind::File, mode: 0o600, uid: 0, gid: 0, mtime_ns, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new(), ctime_ns: 0, ino: 0 };
+                Ok(Event::File(meta))
+            }
+            Stage::Content => self.content(),
+            Stage::Ended => {
+                self.stage = Stage::Done;
+                Ok(Event::End)
+            }
+            Stage::Done => Err(SourceError::Malformed("read past the end of a dump".into())),
+        }
+    }
+}
+
+impl Drop for DumpStream<'_> {
+    /// A dump abandoned midway (the run failed elsewhere) is stopped, not left writing into nothing.
+    fn drop(&mut self) {
+        if self.stage == Stage::Content {
+            self.handle.block_on(self.exec.stop());
+            if let Check::Command(Some((checker, _))) = &self.check {
+                self.handle.block_on(checker.stop());
+            }
+        }
+    }
+}
+
+/// Loads a dump back: `send` writes the stored stream into the restore command's stdin.
+pub fn restore(
+    handle: &Handle,
+    docker: &bollard::Docker,
+    container: &str,
+    record: &DumpRecord,
+    spec_login: &Login,
+    force: bool,
+    send: &mut dyn FnMut(&mut dyn Write) -> Result<(), crate::Error>,
+) -> Result<Vec<String>, crate::Error> {
+    let what = match &record.database {
+        Some(db) => format!("restore of database {db} into container {container}"),
+        None => format!("restore of the {} dump into container {container}", record.format),
+    };
+    let engine = DumpEngine::parse(&record.engine).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
+    let format = engine::DumpFormat::parse(&record.format).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
+    let target = engine::RestoreTarget { container, engine, format, login: spec_login, database: record.database.as_deref(), restore_command: record.restore_command.as_deref() };
+    let mut warnings = Vec::new();
+    handle.block_on(engine::wait_until_ready(docker, &target)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })?;
+    if let Some(prepare) = handle.block_on(engine::prepare_restore(docker, &target, force)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })? {
+        warnings.push(prepare);
+    }
+    let spec = engine::restore_script(&target, &what);
+    let (exec, io) = handle.block_on(Exec::start(docker, spec))?;
+    let ExecIo { mut stdout, stdin } = io;
+    let mut stdin = stdin.expect("attached stdin");
+    // Its output is drained beside the input, so a chatty loader never blocks on a full pipe.
+    let drained = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let sent = send(&mut stdin).and_then(|_| stdin.flush().map_err(|e| crate::Error::source(&what, e)));
+    drop(stdin);
+    let _ = drained.join();
+    let code = handle.block_on(exec.exit_code())?;
+    match sent {
+        Err(e @ crate::Error::Repo(_)) => Err(e),
+        _ if code != 0 => Err(crate::Error::Source { source_name: what, message: format!("{} exited with status {code}: {}", format.loader(engine), exec.last_stderr_line()) }),
+        Err(e) => Err(e),
+        Ok(()) => {
+            if format == engine::DumpFormat::SqlGlobals {
+                let skipped = exec.stderr().lines().filter(|l| l.contains("ERROR")).count();
+                if skipped > 0 {
+                    warnings.push(format!("{what}: {skipped} statements failed (users or roles that exist already are kept as they are)"));
+                }
+            }
+            Ok(warnings)
+        }
+    }
+}
+
+impl From<DockerError> for SourceError {
+    fn from(e: DockerError) -> Self {
+        SourceError::Dump(e.to_string())
+    }
+}

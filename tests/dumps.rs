@@ -1,0 +1,417 @@
+//! Database dumps against real servers (MariaDB 10.11 and PostgreSQL 15 in the image docker/test-db
+//! builds): a million rows with unicode, binary columns, a view, a trigger and a routine, a writer
+//! inserting all through the backup; drop, restore, compare (tests/db holds the SQL, checked on its own
+//! by tests/db/roundtrip.sh). Then the ways a dump fails: wrong password, dump killed midway, a tool
+//! that exits 0 after a truncated stream, server stopped: each fails the run, names what failed,
+//! writes no snapshot, and shows the password nowhere. Also: command dumps, hooks, and containers
+//! stopped during the backup, started again even after the sidecar is killed with SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DB_IMAGE: &str = "stackvault-test/db:1";
+
+/// One database server of a compose-labelled test stack, with its repository and configuration.
+struct Server {
+    engine: &'static str,
+    container: String,
+    volume: String,
+    password: String,
+    work: PathBuf,
+    config: PathBuf,
+}
+
+impl Server {
+    fn start(engine: &'static str, labels: &[&str]) -> Server {
+        let project = unique(&format!("db{engine}"));
+        let (container, volume, work) = (format!("{project}-db-1"), format!("{project}_data"), scratch(engine));
+        // Unique, so that finding it anywhere means it leaked.
+        let password = format!("Pw-{engine}-{}-x9Q", std::process::id());
+        let (data_dir, env) = match engine {
+            "mariadb" => ("/var/lib/mysql", vec![format!("MARIADB_ROOT_PASSWORD={password}"), "MARIADB_DATABASE=calls".into()]),
+            _ => ("/var/lib/postgresql/data", vec![format!("POSTGRES_PASSWORD={password}"), "POSTGRES_DB=calls".into()]),
+        };
+        compose_volume(&project, &volume);
+        let mut args: Vec<String> = ["run", "-d", "--network", "none", "--name", &container].iter().map(|s| s.to_string()).collect();
+        for label in [format!("com.docker.compose.project={project}"), "com.docker.compose.service=db".into(), "stackvault.dump=auto".into()].iter().chain(labels.iter().map(|l| l.to_string()).collect::<Vec<_>>().iter()) {
+            args.extend(["--label".to_string(), label.clone()]);
+        }
+        for e in &env {
+            args.extend(["-e".to_string(), e.clone()]);
+        }
+        args.extend(["-v".to_string(), format!("{volume}:{data_dir}"), DB_IMAGE.into(), engine.into()]);
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let repo = work.join("repo");
+        let state = work.join("state");
+        let config = write_config(&work, &format!("{}state_dir: {}\ncache_dir: {}\n", stack_yaml(&project, &repo), state.display(), work.join("cache").display()));
+        ok(stackvault(&config).arg("init"));
+        let server = Server { engine, container, volume, password, work, config };
+        server.wait_ready();
+        server
+    }
+
+    /// The engine's client in the container, reading SQL from `input`.
+    fn client(&self, database: &str, vars: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", "-i"]);
+        match self.engine {
+            "mariadb" => {
+                cmd.args(["-e", &format!("MYSQL_PWD={}", self.password), &self.container, "mariadb", "-uroot", "-N", "-B", database]);
+            }
+            _ => {
+                cmd.args(["-e", &format!("PGPASSWORD={}", self.password), &self.container, "psql", "-X", "-q", "-A", "-t", "-U", "postgres"]);
+                cmd.args(["-h", "/var/run/postgresql", "-d", database, "-v", "ON_ERROR_STOP=1"]);
+                for (name, value) in vars {
+                    cmd.args(["-v", &format!("{name}={value}")]);
+                }
+            }
+        }
+        cmd
+    }
+
+    fn try_sql(&self, database: &str, input: &str, vars: &[(&str, &str)]) -> Output {
+        let mut child = self.client(database, vars).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
+    }
+
+    fn sql(&self, database: &str, input: &str, vars: &[(&str, &str)]) -> String {
+        let out = self.try_sql(database, input, vars);
+        assert!(out.status.success(), "{} SQL failed: {}\n{input:.300}", self.engine, text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    }
+
+    /// A file of tests/db for this engine.
+    fn fixture(&self, file: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/db").join(self.engine).join(file)).unwrap()
+    }
+
+    fn run_fixture(&self, file: &str) -> String {
+        self.sql("calls", &self.fixture(file), &[])
+    }
+
+    fn wait_ready(&self) {
+        let admin_db = if self.engine == "mariadb" { "mysql" } else { "postgres" };
+        for _ in 0..240 {
+            if self.try_sql(admin_db, "SELECT 1;", &[]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("{} did not come up: {}", self.container, docker(&["logs", &self.container]));
+    }
+
+    fn checksums(&self, watermark: &str) -> String {
+        match self.engine {
+            "mariadb" => self.sql("calls", &format!("SET @w := {watermark};\n{}", self.fixture("checksums.sql")), &[]),
+            _ => self.sql("calls", &self.fixture("checksums.sql"), &[("w", watermark)]),
+        }
+    }
+
+    /// Rows per table as counts.sql reports them.
+    fn counts(&self) -> BTreeMap<String, u64> {
+        self.run_fixture("counts.sql").lines().map(|l| l.split_once('\t').unwrap()).map(|(t, n)| (t.to_string(), n.trim().parse().unwrap())).collect()
+    }
+
+    fn start_writer(&self) {
+        let variable = if self.engine == "mariadb" { "MYSQL_PWD" } else { "PGPASSWORD" };
+        let script = self.fixture("writer.sh");
+        docker(&["exec", "-d", "-e", &format!("{variable}={}", self.password), &self.container, "sh", "-c", &script, "writer", "/tmp/writer.stop"]);
+    }
+
+    fn stop_writer(&self) {
+        docker(&["exec", &self.container, "touch", "/tmp/writer.stop"]);
+        for _ in 0..600 {
+            if let Ok(done) = Command::new("docker").args(["exec", &self.container, "cat", "/tmp/writer.stop.done"]).output() {
+                if done.status.success() {
+                    assert_eq!(text(&done.stdout).trim(), "0", "the writer's client failed");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the writer did not stop");
+    }
+
+    fn drop_calls(&self) {
+        match self.engine {
+            "mariadb" => self.sql("mysql", "DROP DATABASE calls;", &[]),
+            _ => self.sql("postgres", "DROP DATABASE calls WITH (FORCE);", &[]),
+        };
+    }
+
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        let listed: serde_json::Value = serde_json::from_str(&ok(stackvault(&self.config).args(["snapshots", "--json"]))).unwrap();
+        listed.as_array().unwrap().clone()
+    }
+
+    /// Runs a backup that must fail; returns its stderr after checking the rules every failure keeps.
+    fn failing_backup(&self, why: &str) -> String {
+        let before = self.snapshots().len();
+        let out = run(stackvault(&self.config).arg("backup"));
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{why}: the backup succeeded:\n{stdout}");
+        assert_eq!(self.snapshots().len(), before, "{why}: a snapshot was written");
+        assert!(!stdout.contains(&self.password) && !stderr.contains(&self.password), "{why}: the password was printed:\n{stdout}\n{stderr}");
+        stderr
+    }
+
+    fn cleanup(self) {
+        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.container]).output();
+        let _ = Command::new("docker").args(["volume", "rm", &self.volume]).output();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// Every process's command line, in the container and on the host, sampled until stopped.
+struct PsSampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PsSampler {
+    fn start(container: &str) -> PsSampler {
+        let (stop, samples) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (flag, sink, container) = (stop.clone(), samples.clone(), container.to_string());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let inside = Command::new("docker").args(["exec", &container, "ps", "-eo", "args"]).output().unwrap();
+                let host = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+                sink.lock().unwrap().extend([text(&inside.stdout), text(&host.stdout)]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        PsSampler { stop, samples, thread }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
+    }
+}
+
+/// The dump source of database `calls` in the latest snapshot.
+fn calls_dump(server: &Server) -> serde_json::Value {
+    let latest = server.snapshots().last().unwrap()["snapshot"].clone();
+    let sources = latest["sources"].as_array().unwrap();
+    assert!(!sources.iter().any(|s| s["kind"] == "volume"), "the live data volume was copied: {sources:?}");
+    sources.iter().find(|s| s["kind"] == "dump" && s["dump"]["database"] == "calls").cloned().unwrap_or_else(|| panic!("no dump of calls: {sources:?}"))
+}
+
+fn round_trip_under_load_then_failures(engine: &'static str, labels: &[&str]) {
+    let server = Server::start(engine, labels);
+    let clock = Instant::now();
+    server.run_fixture("schema.sql");
+    server.run_fixture("load.sql");
+    eprintln!("{engine}: 1,000,000 rows loaded in {:.1} s", clock.elapsed().as_secs_f64());
+    let objects = server.run_fixture("objects.sql");
+
+    server.start_writer();
+    std::thread::sleep(Duration::from_secs(2));
+    let watermark = server.run_fixture("watermark.sql");
+    let before = server.checksums(&watermark);
+    let sampler = PsSampler::start(&server.container);
+    let out = ok(stackvault(&server.config).arg("backup"));
+    let samples = sampler.finish();
+    server.stop_writer();
+    let tool = if engine == "mariadb" { "mariadb-dump" } else { "pg_dump" };
+    assert!(samples.iter().any(|s| s.contains(tool)), "the sampler never saw {tool} running");
+    assert!(!samples.iter().any(|s| s.contains(&server.password)), "the password was in a process listing");
+    assert!(!out.contains(&server.password), "{out}");
+    assert!(out.contains("the database's live files"), "the data volume is skipped with why: {out}");
+    assert!(out.contains(&format!("Dump {}/calls", server.container)), "{out}");
+    assert!(server.run_fixture("watermark.sql").parse::<u64>().unwrap() > watermark.parse::<u64>().unwrap(), "the writer wrote during the backup");
+    assert_eq!(server.run_fixture("audit-check.sql").split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
+
+    let dump = calls_dump(&server);
+    assert!(dump["dump"]["server_version"].as_str().is_some_and(|v| !v.is_empty()), "{dump}");
+    let recorded: BTreeMap<String, u64> =
+        dump["dump"]["tables"].as_object().unwrap().iter().map(|(t, n)| (t.rsplit('.').next().unwrap().to_string(), n.as_u64().unwrap())).collect();
+
+    server.drop_calls();
+    let restored = ok(stackvault(&server.config).args(["restore", "latest", "--only", "db:calls"]));
+    assert!(restored.contains("database calls in container"), "{restored}");
+    assert_eq!(server.checksums(&watermark), before, "rows that existed before the backup differ after the restore");
+    assert_eq!(server.run_fixture("audit-check.sql").split_whitespace().collect::<Vec<_>>(), ["0", "0"], "trigger-written rows do not match their parents");
+    assert_eq!(server.run_fixture("objects.sql"), objects, "views, triggers or routines differ");
+    assert_eq!(server.counts(), recorded, "restored row counts differ from those the snapshot recorded");
+
+    // A database that holds tables is not overwritten unless asked.
+    let refused = run(stackvault(&server.config).args(["restore", "latest", "--only", "db:calls"]));
+    assert!(!refused.status.success() && text(&refused.stderr).contains("--force"), "{}", text(&refused.stderr));
+    ok(stackvault(&server.config).args(["restore", "latest", "--only", "db:db", "--force"]));
+    assert_eq!(server.checksums(&watermark), before);
+
+    // The ways a dump fails. A dump killed midway inside the container:
+    let mut backup = stackvault(&server.config).arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pattern = if engine == "mariadb" { "single-transaction" } else { "pg_dump --format" };
+    let mut killed = false;
+    for _ in 0..600 {
+        if backup.try_wait().unwrap().is_some() {
+            break;
+        }
+        let found = Command::new("docker").args(["exec", &server.container, "pgrep", "-f", "--", pattern]).output().unwrap();
+        if found.status.success() {
+            std::thread::sleep(Duration::from_millis(300));
+            killed = Command::new("docker").args(["exec", &server.container, "pkill", "-KILL", "-f", "--", pattern]).output().unwrap().status.success();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = backup.wait_with_output().unwrap();
+    assert!(killed, "the dump finished before it could be killed");
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("database calls") && stderr.contains("137"), "killed dump: {stderr}");
+
+    // A tool that exits 0 after writing a cut stream.
+    let wrapper = format!("#!/bin/sh\n/usr/bin/{tool} \"$@\" | head -c 300000\nexit 0\n");
+    docker(&["exec", &server.container, "sh", "-c", &format!("printf '%s' '{wrapper}' > /usr/local/bin/{tool} && chmod +x /usr/local/bin/{tool}")]);
+    let stderr = server.failing_backup("truncated dump");
+    assert!(stderr.contains("database calls") && stderr.contains("cut short"), "truncated dump: {stderr}");
+    docker(&["exec", &server.container, "rm", &format!("/usr/local/bin/{tool}")]);
+
+    // The password was changed (rotated) and the container's variable is stale.
+    match engine {
+        "mariadb" => server.sql("mysql", "ALTER USER 'root'@'localhost' IDENTIFIED BY 'rotated';", &[]),
+        _ => server.sql("postgres", "ALTER USER postgres PASSWORD 'rotated';", &[]),
+    };
+    let stderr = server.failing_backup("wrong password");
+    assert!(stderr.contains(&server.container) && stderr.to_lowercase().contains("password") || stderr.contains("denied"), "wrong password: {stderr}");
+    if labels.iter().any(|l| l.starts_with("stackvault.dump.databases=")) {
+        assert!(stderr.contains("calls"), "the message names the database: {stderr}");
+    }
+
+    // The server is down.
+    docker(&["stop", &server.container]);
+    let stderr = server.failing_backup("server stopped");
+    assert!(stderr.contains(&server.container) && stderr.contains("not running"), "server stopped: {stderr}");
+
+    ok(stackvault(&server.config).args(["verify", "--read-data"]));
+    server.cleanup();
+}
+
+#[test]
+fn mariadb_dump_under_load_restores_exactly_and_every_failure_fails_the_run() {
+    round_trip_under_load_then_failures("mariadb", &[]);
+}
+
+#[test]
+fn postgres_dump_under_load_restores_exactly_and_every_failure_fails_the_run() {
+    round_trip_under_load_then_failures("postgres", &["stackvault.dump.databases=calls"]);
+}
+
+/// A stand-in stack container (busybox) whose main process stops on SIGTERM, with a volume at /data.
+fn busybox_container(project: &str, name: &str, volume: &str, labels: &[&str]) -> String {
+    let mut args = vec!["run", "-d", "--network", "none", "--name", name, "--label"];
+    let project_label = format!("com.docker.compose.project={project}");
+    args.push(&project_label);
+    for label in labels {
+        args.extend(["--label", label]);
+    }
+    let mount = format!("{volume}:/data");
+    args.extend(["-v", &mount, TEST_IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]);
+    docker(&args)
+}
+
+fn running(container: &str) -> bool {
+    docker(&["inspect", "-f", "{{.State.Running}}", container]) == "true"
+}
+
+#[test]
+fn a_command_dump_round_trips_and_its_check_command_decides() {
+    let project = unique("cmd");
+    let (volume, name, work) = (format!("{project}_data"), format!("{project}-app-1"), scratch("cmd"));
+    compose_volume(&project, &volume);
+    busybox_container(&project, &name, &volume, &[
+        "stackvault.dump=command",
+        "stackvault.dump.command=cat /data/export.txt",
+        "stackvault.dump.restore-command=cat > /data/imported.txt",
+        "stackvault.dump.check-command=while read -r line; do last=$line; done; [ \"$last\" = END ]",
+    ]);
+    docker(&["exec", &name, "sh", "-c", "printf 'line one\\nline two\\nEND\\n' > /data/export.txt"]);
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("{}state_dir: {}\n", stack_yaml(&project, &repo), work.join("state").display()));
+    ok(stackvault(&config).arg("init"));
+    let out = ok(stackvault(&config).arg("backup"));
+    assert!(out.contains(&format!("Dump {name}:")), "{out}");
+    ok(stackvault(&config).args(["restore", "latest", "--only", &format!("db:{name}")]));
+    assert_eq!(docker(&["exec", &name, "cat", "/data/imported.txt"]), "line one\nline two\nEND");
+
+    // The check command refuses a stream without its END line: the run fails, no snapshot.
+    docker(&["exec", &name, "sh", "-c", "printf 'line one\\n' > /data/export.txt"]);
+    let out = run(stackvault(&config).arg("backup"));
+    assert!(!out.status.success() && text(&out.stderr).contains("check command"), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_and_hooks_run_in_order() {
+    let project = unique("stop");
+    let (volume, name, work) = (format!("{project}_data"), format!("{project}-app-1"), scratch("stop"));
+    compose_volume(&project, &volume);
+    busybox_container(&project, &name, &volume, &[
+        "stackvault.stop-during-backup=true",
+        "stackvault.pre=echo pre >> /hooks.log",
+        "stackvault.post=echo post >> /hooks.log",
+    ]);
+    // Enough data that the read takes a while: the sidecar is killed during it.
+    make_fixture(&volume_dir(&volume), 300, 2000);
+    let repo = work.join("repo");
+    let state = work.join("state");
+    let config = write_config(&work, &format!("{}state_dir: {}\n", stack_yaml(&project, &repo), state.display()));
+    ok(stackvault(&config).arg("init"));
+
+    let out = ok(stackvault(&config).arg("backup"));
+    assert!(out.contains(&format!("Volume {volume}")), "{out}");
+    assert!(running(&name), "started again after the backup");
+    assert_eq!(docker(&["exec", &name, "cat", "/hooks.log"]), "pre\npost");
+    assert!(!state.join("stopped-containers.json").exists());
+
+    // Killed while the container is stopped: the record stays, and the next start starts it.
+    let mut backup = stackvault(&config).arg("backup").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut seen_stopped = false;
+    for _ in 0..1200 {
+        if backup.try_wait().unwrap().is_some() {
+            break;
+        }
+        if !running(&name) {
+            seen_stopped = true;
+            backup.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = backup.wait();
+    assert!(seen_stopped, "the backup ended before the container was seen stopped");
+    assert!(!running(&name), "nothing but stackvault starts it");
+    assert!(state.join("stopped-containers.json").exists());
+    let out = ok(stackvault(&config).arg("backup"));
+    assert!(running(&name), "the next run started it: {out}");
+    assert!(!state.join("stopped-containers.json").exists());
+
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
+    let _ = std::fs::remove_dir_all(&work);
+}
