@@ -234,20 +234,15 @@ impl<'h> DumpStream<'h> {
     }
 
     fn content(&mut self) -> Result<Event, SourceError> {
-        let mut piece = vec![0u8; PIECE];
-        let mut filled = 0;
-        // Fill most of a piece: the engine delivers the stream in frames of a few KiB.
-        while filled < PIECE / 2 {
-            match self.stdout.read(&mut piece[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => return Err(self.failed(format!("reading its output: {e}"))),
-            }
+        let mut piece = Vec::with_capacity(PIECE);
+        // Up to a piece, or the end: the engine delivers the stream in batches of various sizes.
+        if let Err(e) = (&mut self.stdout).take(PIECE as u64).read_to_end(&mut piece) {
+            return Err(self.failed(format!("reading its output: {e}")));
         }
+        let filled = piece.len();
         if filled == 0 {
             return self.end();
         }
-        piece.truncate(filled);
         self.bytes += filled as u64;
         match &mut self.check {
             Check::Sql(check) => check.feed(&piece),

@@ -148,7 +148,7 @@ impl SqlDumpCheck {
             // Most of a dump is string content: pass over it up to the next quote or backslash.
             if let Lex::Quoted { quote, escaped: false } = self.lex {
                 let rest = &bytes[i..];
-                let n = rest.iter().position(|&b| b == quote || b == b'\\').unwrap_or(rest.len());
+                let n = memchr::memchr2(quote, b'\\', rest).unwrap_or(rest.len());
                 if n > 0 {
                     i += n;
                     self.offset += n as u64;
@@ -158,7 +158,7 @@ impl SqlDumpCheck {
             // And over hex blobs and numbers: what `code` does for each byte of a word, at once.
             if self.lex == Lex::Code {
                 let rest = &bytes[i..];
-                let n = rest.iter().position(|&b| !is_word_byte(b)).unwrap_or(rest.len());
+                let n = rest.iter().position(|&b| !WORD_BYTES[b as usize]).unwrap_or(rest.len());
                 if n > 0 {
                     let room = (MAX_NAME - self.word.len()).min(n);
                     self.word.extend_from_slice(&rest[..room]);
@@ -458,6 +458,18 @@ enum Token<'a> {
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
+
+/// `is_word_byte` as a table: hex blobs are most of a dump's bytes, scanned one lookup each.
+static WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric() || byte == b'_' || byte >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 fn push_capped(buffer: &mut Vec<u8>, b: u8, cap: usize) {
     if buffer.len() < cap {
