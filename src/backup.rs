@@ -292,9 +292,33 @@ pub struct SourceScan {
     pub excluded: Vec<Excluded>,
 }
 
-pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), Error> {
+/// What `backup --dry-run` found: each source's scan, the mounts left out, and what a backup would
+/// do besides reading (dump databases, run hooks, stop containers).
+#[derive(Debug, serde::Serialize)]
+pub struct DryRun {
+    pub sources: Vec<SourceScan>,
+    pub skipped: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
     let repo = crate::open_repository(config)?;
-    let Plan { engine, sources, skipped, .. } = plan(config).await?;
+    let Plan { engine, sources, skipped, dumps, stop, hooks } = plan(config).await?;
+    let mut actions = Vec::new();
+    for hook in hooks.iter().filter(|h| h.pre.is_some()) {
+        actions.push(format!("run the pre hook of container {}", hook.container));
+    }
+    if let Some(engine) = &engine {
+        // Asks each server for its databases: read-only, like the rest of a dry run.
+        for target in &dumps {
+            let jobs = dump::plan_jobs(&engine.docker, target).await.map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+            actions.extend(jobs.iter().map(|job| format!("dump {} ({}, {})", job.name(), target.spec.engine.as_str(), job.format.as_str())));
+        }
+    }
+    actions.extend(stop.iter().map(|c| format!("stop container {c} while the mounts are read, then start it again")));
+    for hook in hooks.iter().filter(|h| h.post.is_some()) {
+        actions.push(format!("run the post hook of container {}", hook.container));
+    }
     let engine = engine.map(Arc::new);
     let handle = Handle::current();
     let config = config.clone();
@@ -330,7 +354,7 @@ pub async fn dry_run(config: &Config) -> Result<(Vec<SourceScan>, Vec<String>), 
     if let Some(engine) = &engine {
         engine.finish().await;
     }
-    Ok((scans?, skipped))
+    Ok(DryRun { sources: scans?, skipped, actions })
 }
 
 /// Counts a metadata-only walk the way the archiver counts a real one (the root is not an entry).

@@ -184,15 +184,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup { dry_run: true, json } => {
             let config = Config::load(config_path)?;
-            let (scans, skipped) = interruptible(&config, stackvault::backup::dry_run(&config)).await??;
+            let dry = interruptible(&config, stackvault::backup::dry_run(&config)).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"sources": scans, "skipped": skipped}))?);
+                println!("{}", serde_json::to_string_pretty(&dry)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for skip in &skipped {
+            for skip in &dry.skipped {
                 println!("skipped {skip}");
             }
-            for scan in &scans {
+            for action in &dry.actions {
+                println!("would {action}");
+            }
+            let scans = &dry.sources;
+            for scan in scans {
                 println!(
                     "  {:?} {} (read {}): {} entries; would read {} files, {}; unchanged {} files, {}",
                     scan.kind,

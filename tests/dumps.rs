@@ -227,6 +227,8 @@ fn round_trip_under_load_then_failures(engine: &'static str, labels: &[&str]) {
     std::thread::sleep(Duration::from_secs(2));
     let watermark = server.run_fixture("watermark.sql");
     let before = server.checksums(&watermark);
+    let dry = ok(stackvault(&server.config).args(["backup", "--dry-run"]));
+    assert!(dry.contains(&format!("would dump {}/calls ({engine}", server.container)), "{dry}");
     let sampler = PsSampler::start(&server.container);
     let out = ok(stackvault(&server.config).arg("backup"));
     let samples = sampler.finish();
