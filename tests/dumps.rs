@@ -355,6 +355,9 @@ fn a_command_dump_round_trips_and_its_check_command_decides() {
     assert!(out.contains(&format!("Dump {name}:")), "{out}");
     ok(stackvault(&config).args(["restore", "latest", "--only", &format!("db:{name}")]));
     assert_eq!(docker(&["exec", &name, "cat", "/data/imported.txt"]), "line one\nline two\nEND");
+    // With --to, a dump is written as a file, for loading by hand.
+    ok(stackvault(&config).args(["restore", "latest", "--to"]).arg(work.join("out")));
+    assert_eq!(std::fs::read_to_string(work.join("out/dump").join(&name)).unwrap(), "line one\nline two\nEND\n");
 
     // The check command refuses a stream without its END line: the run fails, no snapshot.
     docker(&["exec", &name, "sh", "-c", "printf 'line one\\n' > /data/export.txt"]);
