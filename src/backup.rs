@@ -139,6 +139,9 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             repo.config.version
         )));
     }
+    // Reported with the run: an earlier run was killed while they were stopped.
+    let restarted: Vec<String> = engine.iter().flat_map(|e| e.restarted.iter())
+        .map(|c| format!("started again container {c}, which a killed run had left stopped for its backup")).collect();
     let engine = engine.map(Arc::new);
     if let Some(engine) = &engine {
         if let Err(e) = run_hooks(&engine.docker, &hooks, Phase::Pre).await {
@@ -241,11 +244,14 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         consistency.extend(run_hooks(&engine.docker, &hooks, Phase::Post).await.err());
         engine.finish().await;
     }
-    // A hook or a restart that failed fails the run, after the reading's own failure if it had one.
-    let archived = archived?;
-    if let Some(first) = consistency.into_iter().next() {
-        return Err(first.into());
-    }
+    // A hook or a restart that failed fails the run; with a failed read, both are told.
+    let consistency: Vec<String> = consistency.iter().map(|e| e.to_string()).collect();
+    let archived = match (archived, consistency.is_empty()) {
+        (Ok(archived), true) => archived,
+        (Ok(_), false) => return Err(Error::Usage(consistency.join("; "))),
+        (Err(e), true) => return Err(e),
+        (Err(e), false) => return Err(Error::Usage(format!("{e}; and then: {}", consistency.join("; ")))),
+    };
     let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config) = archived;
 
     let summary = Summary {
@@ -260,14 +266,15 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let snapshot = Snapshot { version: repo.config.version, time, stack, hostname, program: crate::program(), sources, packs, summary };
     let id = repo.save_snapshot(&snapshot)?;
     // Only now: the cache describes what a snapshot holds.
-    let mut warnings: Vec<String> = caches
+    let mut warnings: Vec<String> = restarted;
+    warnings.extend(caches
         .into_iter()
         .filter_map(|(writer, failed)| {
             let pack_of = |id: &Id| stored.position(id).map(|position| index.pack_at(position).0);
             failed.map_or_else(|| writer.and_then(|w| w.commit(&pack_of).err()), Some)
         })
         .map(|e| format!("files cache in {}: {e} (the next backup reads everything)", config.cache_dir().display()))
-        .collect();
+        );
     // Local caches only: what fails here costs the next run time, never this snapshot.
     warnings.extend(index.warning.clone());
     if let Err(e) = index.persist() {

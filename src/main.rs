@@ -367,6 +367,7 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
     };
     if let Ok(docker) = stackvault::docker::connect(config.docker.host.as_deref()).await {
         stackvault::docker::helper::remove_live_helpers(&docker).await;
+        stackvault::docker::exec::stop_live_execs(&docker).await;
         // Containers this run stopped for the backup run again before it exits.
         if let Err(e) = stackvault::docker::quiesce::start_left_stopped(&docker, config.state_dir(), true).await {
             eprintln!("error: {e}");

@@ -142,13 +142,24 @@ fn restore_dump(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snaps
     let config = inspected.config.unwrap_or_default();
     let (labels, env) = (config.labels.unwrap_or_default(), config.env.unwrap_or_default());
     let engine_kind = dump::DumpEngine::parse(&record.engine).map_err(|e| Error::source(&shown, e))?;
-    // The login as this container's own labels and environment say now (passwords may have changed).
-    let login = match dump::DumpSpec::from_labels(&labels, config.image.as_deref().unwrap_or_default(), &env) {
-        Ok(Some(spec)) if spec.engine == engine_kind => spec.login,
+    // The login as this container's own labels and environment say now (passwords may have changed),
+    // and for a command dump the restore command its label names: never one from the snapshot, which
+    // whoever can write to the storage could have crafted.
+    let live = dump::DumpSpec::from_labels(&labels, config.image.as_deref().unwrap_or_default(), &env);
+    let loader = match live {
+        Ok(Some(spec)) if spec.engine == engine_kind => dump::Loader { login: spec.login, restore_command: spec.restore_command },
+        _ if engine_kind == dump::DumpEngine::Command => {
+            return Err(Error::source(
+                &shown,
+                format!("container {container} has no {}=command label with a {}: a command dump is loaded only by the command its container names", dump::LABEL_DUMP, dump::LABEL_RESTORE_COMMAND),
+            ))
+        }
         _ => {
             let names: std::collections::HashSet<&str> = env.iter().map(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n)).collect();
             let value = |name: &str| env.iter().find_map(|e| e.strip_prefix(name).and_then(|r| r.strip_prefix('='))).map(str::to_string);
-            dump::Login::resolve(engine_kind, None, None, None, &names, &value).map_err(|(label, message)| Error::source(&shown, format!("container {container}: {message} ({label})")))?
+            let login = dump::Login::resolve(engine_kind, None, None, None, &names, &value)
+                .map_err(|(label, message)| Error::source(&shown, format!("container {container}: {message} ({label})")))?;
+            dump::Loader { login, restore_command: None }
         }
     };
     let mut replay = TreeReplay::new(reader, snapshot, source);
@@ -161,7 +172,7 @@ fn restore_dump(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snaps
             }
         }
     };
-    let warnings = dump::restore(handle, docker, &container, record, &login, force, &mut send)?;
+    let warnings = dump::restore(handle, docker, &container, record, &loader, force, &mut send)?;
     let destination = match &record.database {
         Some(db) => format!("database {db} in container {container}"),
         None => format!("container {container}"),

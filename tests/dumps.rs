@@ -392,7 +392,8 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     assert!(out.contains(&format!("Volume {volume}")), "{out}");
     assert!(running(&name), "started again after the backup");
     assert_eq!(docker(&["exec", &name, "cat", "/hooks.log"]), "pre\npost");
-    assert!(!state.join("stopped-containers.json").exists());
+    let records = || std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(records(), 0);
 
     // Killed while the container is stopped: the record stays, and the next start starts it.
     let mut backup = stackvault(&config).arg("backup").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -411,10 +412,11 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     let _ = backup.wait();
     assert!(seen_stopped, "the backup ended before the container was seen stopped");
     assert!(!running(&name), "nothing but stackvault starts it");
-    assert!(state.join("stopped-containers.json").exists());
-    let out = ok(stackvault(&config).arg("backup"));
-    assert!(running(&name), "the next run started it: {out}");
-    assert!(!state.join("stopped-containers.json").exists());
+    assert_eq!(records(), 1, "the killed run's record stays");
+    let out = run(stackvault(&config).arg("backup"));
+    assert!(out.status.success() && running(&name), "the next run started it: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("started again container {name}")), "the restart is reported: {}", text(&out.stderr));
+    assert_eq!(records(), 0);
 
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     let _ = Command::new("docker").args(["volume", "rm", &volume]).output();

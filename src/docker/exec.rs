@@ -15,6 +15,23 @@ use super::DockerError;
 /// The first line every script writes to stderr, with its process id inside the container.
 const PID_MARKER: &str = "stackvault-exec-pid ";
 
+type Pid = std::sync::Arc<std::sync::Mutex<Option<u32>>>;
+
+/// Execs this process started that have not ended, for the signal handler: the engine does not stop
+/// an exec whose client went away.
+static LIVE_EXECS: std::sync::Mutex<Vec<(String, String, Pid)>> = std::sync::Mutex::new(Vec::new());
+
+/// Stops every exec this process still has running; for the signal handler.
+pub async fn stop_live_execs(docker: &Docker) {
+    let live = std::mem::take(&mut *LIVE_EXECS.lock().expect("exec registry"));
+    for (_, container, pid) in live {
+        let pid = *pid.lock().expect("exec pid");
+        if let Some(pid) = pid {
+            kill(docker, &container, pid).await;
+        }
+    }
+}
+
 pub struct ExecSpec {
     pub container: String,
     /// Shell text run by `sh -c`.
@@ -33,7 +50,7 @@ pub struct Exec {
     container: String,
     pub purpose: String,
     stderr: StderrTail,
-    pid: std::sync::Arc<std::sync::Mutex<Option<u32>>>,
+    pid: Pid,
 }
 
 pub struct ExecIo {
@@ -66,6 +83,7 @@ impl Exec {
             .map_err(|e| exec_error(&spec.container, &spec.purpose, e))?;
         let StartExecResults::Attached { output, input } = started else { unreachable!("started attached") };
         let exec = Exec { docker: docker.clone(), id: created.id, container: spec.container, purpose: spec.purpose, stderr: StderrTail::default(), pid: Default::default() };
+        LIVE_EXECS.lock().expect("exec registry").push((exec.id.clone(), exec.container.clone(), exec.pid.clone()));
         let (tail, pid) = (exec.stderr.clone(), exec.pid.clone());
         let mut first = true;
         let stdout = stdio::demux(output, move |message| {
@@ -84,61 +102,56 @@ impl Exec {
         Ok((exec, ExecIo { stdout, stdin }))
     }
 
-    /// Runs a script to its end, feeding it `input` when given; fails after `timeout`, stopping it.
-    pub async fn run(docker: &Docker, spec: ExecSpec, input: Option<Vec<u8>>, timeout: Duration) -> Result<Output, DockerError> {
-        let wants_stdin = spec.stdin;
-        let (exec, io) = Exec::start(docker, ExecSpec { stdin: wants_stdin || input.is_some(), ..spec }).await?;
-        let ExecIo { mut stdout, stdin } = io;
+    /// Runs a script to its end, without input; fails after `timeout`, stopping it.
+    pub async fn run(docker: &Docker, spec: ExecSpec, timeout: Duration) -> Result<Output, DockerError> {
+        let (exec, io) = Exec::start(docker, ExecSpec { stdin: false, ..spec }).await?;
+        let mut stdout = io.stdout;
         let collect = tokio::task::spawn_blocking(move || {
-            if let Some(mut stdin) = stdin {
-                use std::io::Write;
-                let _ = stdin.write_all(input.as_deref().unwrap_or_default()).and_then(|_| stdin.flush());
-            }
+            use std::io::Read;
+            // Bounded: queries answer in lines, hooks may talk; keep the head, drain the rest.
             let mut text = Vec::new();
-            // Bounded: queries answer in lines, hooks may talk; keep the head.
-            while let Some(piece) = stdout.next_piece() {
-                let room = OUTPUT_LIMIT.saturating_sub(text.len());
-                text.extend_from_slice(&piece[..piece.len().min(room)]);
-            }
-            String::from_utf8_lossy(&text).into_owned()
+            let kept = (&mut stdout).take(OUTPUT_LIMIT as u64).read_to_end(&mut text);
+            let drained = std::io::copy(&mut stdout, &mut std::io::sink());
+            kept.and(drained).map(|_| String::from_utf8_lossy(&text).into_owned())
         });
         match tokio::time::timeout(timeout, collect).await {
             Ok(stdout) => {
-                let stdout = stdout.expect("exec reader panicked");
+                let stdout = stdout.expect("exec reader panicked").map_err(|e| exec_error_text(&exec, e.to_string()))?;
                 let code = exec.exit_code().await?;
                 Ok(Output { code, stdout, stderr: exec.stderr() })
             }
             Err(_) => {
                 exec.stop().await;
-                Err(DockerError::Exec {
-                    container: exec.container.clone(),
-                    purpose: exec.purpose.clone(),
-                    message: format!("did not finish within {}; it was stopped", humantime::format_duration(timeout)),
-                })
+                Err(exec_error_text(&exec, format!("did not finish within {}; it was stopped", humantime::format_duration(timeout))))
             }
         }
     }
 
-    /// The exit code, once the process has ended (its stdout has).
+    /// The exit code, once the process has ended: its stdout ended (the engine may take a moment
+    /// more to report the exit).
     pub async fn exit_code(&self) -> Result<i64, DockerError> {
         for _ in 0..600 {
             let inspected = self.docker.inspect_exec(&self.id).await.map_err(|e| exec_error(&self.container, &self.purpose, e))?;
             if inspected.running != Some(true) {
+                self.forget();
                 return Ok(inspected.exit_code.unwrap_or(-1));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(DockerError::Exec { container: self.container.clone(), purpose: self.purpose.clone(), message: "still running 30 s after closing its output".into() })
+        Err(exec_error_text(self, "still running 30 s after its output ended".into()))
     }
 
     /// Stops the process (and what it `exec`ed into) with SIGTERM, then SIGKILL.
     pub async fn stop(&self) {
-        let Some(pid) = *self.pid.lock().expect("exec pid") else { return };
-        let script = format!("kill -TERM {pid} 2>/dev/null; sleep 2; kill -KILL {pid} 2>/dev/null; true");
-        let options = CreateExecOptions { cmd: Some(vec!["sh".to_string(), "-c".into(), script]), ..Default::default() };
-        if let Ok(created) = self.docker.create_exec(&self.container, options).await {
-            let _ = self.docker.start_exec(&created.id, Some(StartExecOptions { detach: true, ..Default::default() })).await;
+        let pid = *self.pid.lock().expect("exec pid");
+        if let Some(pid) = pid {
+            kill(&self.docker, &self.container, pid).await;
         }
+        self.forget();
+    }
+
+    fn forget(&self) {
+        LIVE_EXECS.lock().expect("exec registry").retain(|(id, _, _)| *id != self.id);
     }
 
     /// What it wrote to stderr (its tail), trimmed.
@@ -151,8 +164,14 @@ impl Exec {
         self.stderr().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
     }
 
-    pub fn container(&self) -> &str {
-        &self.container
+}
+
+/// Sends SIGTERM, then SIGKILL after 2 s, to a process in a container, by a detached exec.
+async fn kill(docker: &Docker, container: &str, pid: u32) {
+    let script = format!("kill -TERM {pid} 2>/dev/null; sleep 2; kill -KILL {pid} 2>/dev/null; true");
+    let options = CreateExecOptions { cmd: Some(vec!["sh".to_string(), "-c".into(), script]), ..Default::default() };
+    if let Ok(created) = docker.create_exec(container, options).await {
+        let _ = docker.start_exec(&created.id, Some(StartExecOptions { detach: true, ..Default::default() })).await;
     }
 }
 
@@ -160,6 +179,10 @@ const OUTPUT_LIMIT: usize = 1 << 20;
 
 fn exec_error(container: &str, purpose: &str, e: bollard::errors::Error) -> DockerError {
     DockerError::Exec { container: container.to_string(), purpose: purpose.to_string(), message: e.to_string() }
+}
+
+fn exec_error_text(exec: &Exec, message: String) -> DockerError {
+    DockerError::Exec { container: exec.container.clone(), purpose: exec.purpose.clone(), message }
 }
 
 /// A value as one shell word: single-quoted, with embedded quotes closed and escaped.

@@ -20,7 +20,8 @@ pub const LABEL_PRE: &str = "stackvault.pre";
 pub const LABEL_POST: &str = "stackvault.post";
 pub const LABEL_HOOK_TIMEOUT: &str = "stackvault.hook-timeout";
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
-const STATE_FILE: &str = "stopped-containers.json";
+/// Each run's record is `stopped-containers-<hostname>-<pid>.json`: runs side by side keep their own.
+const STATE_PREFIX: &str = "stopped-containers-";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
@@ -64,7 +65,7 @@ pub async fn run_hooks(docker: &Docker, hooks: &[Hook], phase: Phase) -> Result<
         let Some(command) = command else { continue };
         let purpose = format!("{name} hook");
         let spec = ExecSpec { container: hook.container.clone(), script: command.clone(), env: Vec::new(), stdin: false, purpose: purpose.clone() };
-        let failure = match Exec::run(docker, spec, None, hook.timeout).await {
+        let failure = match Exec::run(docker, spec, hook.timeout).await {
             Ok(output) if output.code == 0 => continue,
             Ok(output) => DockerError::Exec {
                 container: hook.container.clone(),
@@ -112,11 +113,12 @@ impl Stopped {
     /// Records, then stops, the containers. A container that fails to stop fails the run (after the
     /// ones already stopped are started again by the caller's `start_again`).
     pub async fn stop(docker: &Docker, state_dir: &Path, containers: &[String]) -> (Stopped, Result<(), DockerError>) {
-        let mut stopped = Stopped { state_file: state_dir.join(STATE_FILE), containers: Vec::new() };
+        let pid = std::process::id();
+        let state_file = state_dir.join(format!("{STATE_PREFIX}{}-{pid}.json", crate::hostname()));
+        let mut stopped = Stopped { state_file, containers: Vec::new() };
         if containers.is_empty() {
             return (stopped, Ok(()));
         }
-        let pid = std::process::id();
         let record = Record { hostname: crate::hostname(), pid, start: crate::process_start(pid), containers: containers.to_vec() };
         if let Err(e) = write_record(&stopped.state_file, &record) {
             let message = format!("cannot record the containers to stop in {}: {e}; set state_dir to a writable directory (nothing was stopped)", stopped.state_file.display());
@@ -145,19 +147,28 @@ impl Stopped {
 /// `include_own`: this process's own record too (the signal handler's case). Returns the containers
 /// started.
 pub async fn start_left_stopped(docker: &Docker, state_dir: &Path, include_own: bool) -> Result<Vec<String>, DockerError> {
-    let state_file = state_dir.join(STATE_FILE);
-    let Ok(text) = std::fs::read_to_string(&state_file) else { return Ok(Vec::new()) };
-    let record: Record = match serde_json::from_str(&text) {
-        Ok(record) => record,
-        Err(e) => return Err(DockerError::Agent(format!("{}: unreadable ({e}); start the containers it names by hand, then delete it", state_file.display()))),
-    };
-    let own = record.pid == std::process::id() && record.hostname == crate::hostname();
-    if record.owner_alive() && !(own && include_own) {
-        // Another run is in the middle of its backup: its containers are its own to start.
-        return Ok(Vec::new());
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return Ok(Vec::new()) };
+    let mut started = Vec::new();
+    for entry in entries.flatten() {
+        let state_file = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(STATE_PREFIX) || !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&state_file) else { continue };
+        let record: Record = match serde_json::from_str(&text) {
+            Ok(record) => record,
+            Err(e) => return Err(DockerError::Agent(format!("{}: unreadable ({e}); start the containers it names by hand, then delete it", state_file.display()))),
+        };
+        let own = record.pid == std::process::id() && record.hostname == crate::hostname();
+        if record.owner_alive() && !(own && include_own) {
+            // Another run is in the middle of its backup: its containers are its own to start.
+            continue;
+        }
+        start_all(docker, &record.containers, &state_file).await?;
+        started.extend(record.containers);
     }
-    start_all(docker, &record.containers, &state_file).await?;
-    Ok(record.containers)
+    Ok(started)
 }
 
 async fn start_all(docker: &Docker, containers: &[String], state_file: &Path) -> Result<(), DockerError> {

@@ -24,16 +24,21 @@ pub fn demux<S>(mut output: Pin<Box<S>>, mut on_stderr: impl FnMut(&[u8]) + Send
 where
     S: Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + ?Sized + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
     tokio::spawn(async move {
-        while let Some(Ok(item)) = output.next().await {
-            match item {
-                LogOutput::StdErr { message } => on_stderr(&message),
-                other => {
-                    if tx.send(other.into_bytes()).await.is_err() {
-                        break;
-                    }
+        while let Some(item) = output.next().await {
+            let piece = match item {
+                Ok(LogOutput::StdErr { message }) => {
+                    on_stderr(&message);
+                    continue;
                 }
+                Ok(other) => Ok(other.into_bytes()),
+                // A broken stream must not read as the process's end: the reader gets the error.
+                Err(e) => Err(io::Error::other(format!("the engine's stream broke: {e}"))),
+            };
+            let failed = piece.is_err();
+            if tx.send(piece).await.is_err() || failed {
+                break;
             }
         }
     });
@@ -68,7 +73,7 @@ pub fn feed(mut input: Pin<Box<dyn AsyncWrite + Send>>) -> ChannelWriter {
 
 /// Blocking `Read` over an attached stdout.
 pub struct ChannelReader {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
 
@@ -76,23 +81,13 @@ impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                Some(bytes) => self.current = bytes,
+                Some(piece) => self.current = piece?,
                 None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
-    }
-}
-
-impl ChannelReader {
-    /// The next piece as the engine delivered it, without a copy; `None` at the end.
-    pub fn next_piece(&mut self) -> Option<Bytes> {
-        if !self.current.is_empty() {
-            return Some(std::mem::take(&mut self.current));
-        }
-        self.rx.blocking_recv()
     }
 }
 

@@ -4,7 +4,7 @@
 //! attacker: each tree is checked before it is used, and a walk stops as soon as a source holds more
 //! than its manifest declares, however its trees are shared.
 
-use super::format::{is_lower_hex, Node, RepoConfig, Snapshot, SourceKind, SourceRecord, Tree};
+use super::format::{is_lower_hex, DumpRecord, Node, RepoConfig, Snapshot, SourceKind, SourceRecord, Tree};
 use super::index::Index;
 use super::pack::BlobReader;
 use super::{BlobKind, Id, RepoError};
@@ -149,6 +149,9 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
         if source.kind == SourceKind::Dump && (snapshot.version < 3 || root.kind != EntryKind::File) {
             return Err(format!("{}: dump sources are single files, in manifests of version 3 or later", source.label()));
         }
+        if let Some(dump) = &source.dump {
+            dump_record_ok(dump).map_err(|e| format!("{}: {e}", source.label()))?;
+        }
         if snapshot.sources[..i].iter().any(|s| s.kind == source.kind && s.name == source.name) {
             return Err(format!("{} is listed twice", source.label()));
         }
@@ -160,6 +163,26 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
     }
     if snapshot.packs.windows(2).any(|w| w[0] >= w[1]) {
         return Err("its packs are not listed once each, sorted".into());
+    }
+    Ok(())
+}
+
+/// A dump record's values are among those docs/FORMAT.md lists, and only command dumps name a restore command.
+fn dump_record_ok(dump: &DumpRecord) -> Result<(), String> {
+    let formats: &[&str] = match dump.engine.as_str() {
+        "mariadb" | "mysql" => &["sql", "sql-globals"],
+        "postgres" => &["pg-custom", "sql-globals"],
+        "command" => &["command"],
+        other => return Err(format!("unknown dump engine {other:?}")),
+    };
+    if !formats.contains(&dump.format.as_str()) {
+        return Err(format!("dump format {:?} is not one of {} dumps", dump.format, dump.engine));
+    }
+    if dump.restore_command.is_some() != (dump.engine == "command") {
+        return Err("only a command dump records a restore command".into());
+    }
+    if dump.database.is_some() != matches!(dump.format.as_str(), "sql" | "pg-custom") {
+        return Err("a database dump names its database, and only a database dump does".into());
     }
     Ok(())
 }

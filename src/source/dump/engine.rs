@@ -195,7 +195,8 @@ impl Login {
         if let Some(name) = &password_env {
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err((super::LABEL_PASSWORD_ENV, format!("{name:?} is not an environment variable name")));
+                // Not echoed: a password put there by mistake must not reach a message.
+                return Err((super::LABEL_PASSWORD_ENV, "is not an environment variable name (letters, digits, _): name the variable that holds the password".into()));
             }
         }
         if password_env.is_some() && password_file.is_some() {
@@ -212,7 +213,7 @@ impl Login {
                 if env_names.contains(*name) {
                     Some(Password::Env(name.to_string()))
                 } else {
-                    env_names.contains(file.as_str()).then(|| Password::FileInEnv(file))
+                    env_names.contains(file.as_str()).then_some(Password::FileInEnv(file))
                 }
             })
         };
@@ -280,6 +281,18 @@ impl Login {
 /// The client and dump tools, whichever names the image has.
 const MYSQL_TOOLS: &str = "c=$(command -v mariadb || command -v mysql); d=$(command -v mariadb-dump || command -v mysqldump); ";
 
+/// A stream's client commands that reach the filesystem or a shell (`\\!`, `source`) are refused where
+/// the client can (MariaDB's --sandbox): a dump is data, never a script to trust.
+const MYSQL_SANDBOX: &str = "s=; case \"$(\"$c\" --help 2>/dev/null)\" in *--sandbox*) s=--sandbox;; esac; ";
+
+/// The variables naming a database: the name itself, and for PostgreSQL tools a connection string
+/// holding only it (a name with `=` or a `postgresql://` prefix would otherwise be taken for one,
+/// and could send the login elsewhere).
+fn database_env(database: &str) -> [String; 2] {
+    let quoted = database.replace('\\', "\\\\").replace('\'', "\\'");
+    [format!("SV_DATABASE={database}"), format!("SV_CONNINFO=dbname='{quoted}'")]
+}
+
 /// What the server says of itself before its dumps.
 #[derive(Debug, Clone, Default)]
 pub struct ServerInfo {
@@ -299,15 +312,15 @@ pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(Ser
         DumpEngine::Postgres => format!(
             "{prelude}exec psql -X -A -t -q -d template1 -c \"SELECT 'version ' || current_setting('server_version')\" \
              -c \"SELECT 'position ' || CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END\" \
-             -c \"SELECT 'database ' || datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1\""
+             -c \"SELECT 'database ' || encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname\""
         ),
         _ => format!(
-            "{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" -N -B -e \"SELECT CONCAT('version ', VERSION()); SELECT CONCAT('binlog ', @@log_bin); SELECT CONCAT('database ', schema_name) FROM information_schema.schemata WHERE schema_name NOT IN ('information_schema','performance_schema','mysql','sys') ORDER BY 1\""
+            "{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" -N -B -e \"SELECT CONCAT('version ', VERSION()); SELECT CONCAT('binlog ', @@log_bin); SELECT CONCAT('database ', HEX(schema_name)) FROM information_schema.schemata WHERE schema_name NOT IN ('information_schema','performance_schema','mysql','sys') ORDER BY schema_name\""
         ),
     };
     let purpose = format!("listing the databases in container {}", target.container);
     let spec = ExecSpec { container: target.container.clone(), script, env, stdin: false, purpose: purpose.clone() };
-    let output = Exec::run(docker, spec, None, Duration::from_secs(120)).await?;
+    let output = Exec::run(docker, spec, Duration::from_secs(120)).await?;
     if output.code != 0 {
         let last = output.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
         return Err(SourceError::Dump(format!("{purpose}: exit status {}: {last}; no snapshot was written", output.code)));
@@ -322,7 +335,9 @@ pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(Ser
         } else if let Some(binlog) = line.strip_prefix("binlog ") {
             info.binlog = binlog == "1" || binlog.eq_ignore_ascii_case("on");
         } else if let Some(database) = line.strip_prefix("database ") {
-            databases.push(database.to_string());
+            // Names travel as hex: a name may hold a newline or anything else a line would not.
+            let name = hex::decode(database.to_ascii_lowercase()).map_err(|_| SourceError::Dump(format!("{purpose}: unreadable database name {database:?}")))?;
+            databases.push(String::from_utf8_lossy(&name).into_owned());
         }
     }
     Ok((info, databases))
@@ -334,17 +349,18 @@ pub fn dump_script(job: &DumpJob) -> ExecSpec {
     let mut env = Vec::new();
     let prelude = spec.login.prelude(spec.engine, &mut env);
     if let Some(database) = &job.database {
-        env.push(format!("SV_DATABASE={database}"));
+        env.extend(database_env(database));
     }
     let script = match (spec.engine, job.format) {
         (_, DumpFormat::Command) => format!("{prelude}{}", spec.command.as_deref().unwrap_or_default()),
         (DumpEngine::Postgres, DumpFormat::SqlGlobals) => format!("{prelude}exec pg_dumpall --globals-only"),
         // Uncompressed, so that chunks deduplicate and zstd compresses; the archive's TOC is read back.
-        (DumpEngine::Postgres, _) => format!("{prelude}exec pg_dump --format=custom --compress=0 --dbname=\"$SV_DATABASE\""),
+        (DumpEngine::Postgres, _) => format!("{prelude}exec pg_dump --format=custom --compress=0 --dbname=\"$SV_CONNINFO\""),
         (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}exec \"$d\" -u\"$SV_USER\" --system=users --insert-ignore"),
         (_, _) => {
             // With a binlog, the dump notes its position (and GTID) as a comment, for point-in-time recovery.
-            let position = match (job.server.binlog, spec.engine) {
+            // Noting the position needs the RELOAD privilege: an administrator's login only.
+            let position = match (job.server.binlog && spec.login.admin, spec.engine) {
                 (false, _) => "",
                 (true, DumpEngine::MariaDb) => " --master-data=2 --gtid",
                 // MySQL's mysqldump has no --gtid; it writes GTID_PURGED itself.
@@ -386,7 +402,7 @@ impl TrailerCheck {
     pub fn finish(self) -> Result<(), String> {
         let text = String::from_utf8_lossy(&self.tail);
         // The completion line sits between comment-only `--` lines, and before `\unrestrict`.
-        let last = text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "--" && !l.starts_with("\\unrestrict")).next_back();
+        let last = text.lines().map(str::trim).rfind(|l| !l.is_empty() && *l != "--" && !l.starts_with("\\unrestrict"));
         if last == Some(self.expected) {
             Ok(())
         } else {
@@ -410,7 +426,7 @@ impl RestoreTarget<'_> {
         let mut env = Vec::new();
         let prelude = self.login.prelude(self.engine, &mut env);
         if let Some(database) = self.database {
-            env.push(format!("SV_DATABASE={database}"));
+            env.extend(database_env(database));
         }
         (prelude, env)
     }
@@ -418,7 +434,7 @@ impl RestoreTarget<'_> {
     async fn query(&self, docker: &Docker, sql_script: &str, purpose: &str) -> Result<String, DockerError> {
         let (prelude, env) = self.env();
         let spec = ExecSpec { container: self.container.to_string(), script: format!("{prelude}{sql_script}"), env, stdin: false, purpose: purpose.to_string() };
-        let output = Exec::run(docker, spec, None, Duration::from_secs(300)).await?;
+        let output = Exec::run(docker, spec, Duration::from_secs(300)).await?;
         if output.code != 0 {
             let last = output.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
             return Err(DockerError::Exec { container: self.container.into(), purpose: purpose.into(), message: format!("exit status {}: {last}", output.code) });
@@ -457,7 +473,7 @@ pub async fn prepare_restore(docker: &Docker, target: &RestoreTarget<'_>, force:
                 return Ok(None);
             }
             target
-                .query(docker, "exec psql -X -A -t -q -d \"$SV_DATABASE\" -c \"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'\"", &purpose)
+                .query(docker, "exec psql -X -A -t -q -d \"$SV_CONNINFO\" -c \"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'\"", &purpose)
                 .await?
         }
         DumpEngine::MariaDb | DumpEngine::MySql => {
@@ -480,7 +496,9 @@ pub async fn prepare_restore(docker: &Docker, target: &RestoreTarget<'_>, force:
     let purpose = format!("dropping database {database} in container {} (--force)", target.container);
     match target.engine {
         DumpEngine::Postgres => {
-            target.query(docker, "exec psql -X -q -d template1 -v ON_ERROR_STOP=1 -v db=\"$SV_DATABASE\" <<'SQL'\nDROP DATABASE :\"db\" WITH (FORCE);\nSQL", &purpose).await?;
+            // Its sessions end first (what DROP ... WITH (FORCE) does, which needs PostgreSQL 13).
+            let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'db' AND pid <> pg_backend_pid();\nDROP DATABASE :\"db\";";
+            target.query(docker, &format!("exec psql -X -q -o /dev/null -d template1 -v ON_ERROR_STOP=1 -v db=\"$SV_DATABASE\" <<'SQL'\n{sql}\nSQL"), &purpose).await?;
         }
         _ => {
             let sql = format!("DROP DATABASE {}", sql_identifier(database));
@@ -499,16 +517,16 @@ pub fn restore_script(target: &RestoreTarget<'_>, purpose: &str) -> ExecSpec {
         (DumpEngine::Postgres, DumpFormat::SqlGlobals) => format!("{prelude}exec psql -X -q -d template1 -f - >/dev/null"),
         // The archive creates the database (it was dropped, or never existed here).
         (DumpEngine::Postgres, _) => format!("{prelude}exec pg_restore --exit-on-error --create --dbname=template1"),
-        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" --force"),
+        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" $s --force"),
         // The dump creates the database and switches to it (--databases).
-        (_, _) => format!("{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\""),
+        (_, _) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" $s"),
     };
     ExecSpec { container: target.container.to_string(), script, env, stdin: true, purpose: purpose.to_string() }
 }
 
-/// A MariaDB/MySQL string literal.
+/// A MariaDB/MySQL string: as hex, so that no sql_mode (NO_BACKSLASH_ESCAPES) changes its meaning.
 fn sql_string(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("CONVERT(X'{}' USING utf8mb4)", hex::encode(value))
 }
 
 /// A MariaDB/MySQL quoted identifier.

@@ -56,8 +56,8 @@ pub struct DumpTarget {
 
 impl DumpSpec {
     /// Reads a container's `stackvault.dump*` labels; `None` when it has no `stackvault.dump`.
-    /// `image` and `env_names` (the names of its environment variables) tell `auto` the engine and
-    /// where the credentials are.
+    /// `image` and `env` (its environment, `NAME=value`) tell `auto` the engine and where the
+    /// credentials are; values are read only for user names and PGDATA, never for passwords.
     pub fn from_labels(labels: &std::collections::HashMap<String, String>, image: &str, env: &[String]) -> Result<Option<DumpSpec>, (&'static str, String)> {
         let Some(kind) = labels.get(LABEL_DUMP).map(|k| k.trim()) else {
             for label in [LABEL_DATABASES, LABEL_COMMAND, LABEL_RESTORE_COMMAND, LABEL_CHECK_COMMAND, LABEL_VOLUMES, LABEL_USER, LABEL_PASSWORD_ENV, LABEL_PASSWORD_FILE] {
@@ -73,7 +73,15 @@ impl DumpSpec {
             other => DumpEngine::parse(other).map_err(|e| (LABEL_DUMP, e))?,
         };
         let text = |label: &'static str| labels.get(label).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let databases = text(LABEL_DATABASES).map(|list| list.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect::<Vec<_>>());
+        let databases = text(LABEL_DATABASES).map(|list| {
+            let mut names: Vec<String> = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+            names
+        });
         let include_volumes = match text(LABEL_VOLUMES).as_deref() {
             None | Some("exclude") => false,
             Some("include") => true,
@@ -111,12 +119,12 @@ pub struct DumpJob {
 }
 
 impl DumpJob {
-    /// The source's name in the snapshot: `container/database`, `container/globals` or `container`.
+    /// The source's name in the snapshot: `container/database`, or `container` for the users and
+    /// roles (or a command's output): no database's name can take the latter's.
     pub fn name(&self) -> String {
-        match (&self.database, self.format) {
-            (Some(db), _) => format!("{}/{db}", self.target.container),
-            (None, engine::DumpFormat::Command) => self.target.container.clone(),
-            (None, _) => format!("{}/globals", self.target.container),
+        match &self.database {
+            Some(db) => format!("{}/{db}", self.target.container),
+            None => self.target.container.clone(),
         }
     }
 
@@ -172,8 +180,8 @@ enum Check {
     Sql(sqldump::SqlDumpCheck),
     PgCustom(pgcustom::CustomArchiveCheck),
     Trailer(engine::TrailerCheck),
-    /// The label's check command, fed the same bytes on its stdin.
-    Command(Option<(Exec, ChannelWriter)>),
+    /// The label's check command, fed the same bytes on its stdin; its output is drained beside.
+    Command { checker: Exec, input: ChannelWriter, drained: std::thread::JoinHandle<()> },
     None,
 }
 
@@ -204,13 +212,11 @@ const PIECE: usize = 1 << 20;
 
 impl<'h> DumpStream<'h> {
     pub fn start(handle: &'h Handle, docker: &bollard::Docker, job: DumpJob) -> Result<Self, SourceError> {
-        let spec = engine::dump_script(&job);
-        let (exec, ExecIo { stdout, .. }) = handle.block_on(Exec::start(docker, spec)).map_err(|e| SourceError::Dump(e.to_string()))?;
         let check = match job.format {
-            engine::DumpFormat::Sql | engine::DumpFormat::SqlGlobals if job.target.spec.engine != DumpEngine::Postgres => Check::Sql(sqldump::SqlDumpCheck::new()),
-            engine::DumpFormat::SqlGlobals => Check::Trailer(engine::TrailerCheck::pg_globals()),
-            engine::DumpFormat::Sql => Check::None,
             engine::DumpFormat::PgCustom => Check::PgCustom(pgcustom::CustomArchiveCheck::new()),
+            engine::DumpFormat::SqlGlobals if job.target.spec.engine == DumpEngine::Postgres => Check::Trailer(engine::TrailerCheck::pg_globals()),
+            engine::DumpFormat::Sql | engine::DumpFormat::SqlGlobals => Check::Sql(sqldump::SqlDumpCheck::new()),
+            // Started before the dump, so that a checker that cannot start leaves no dump running.
             engine::DumpFormat::Command => match &job.target.spec.check_command {
                 Some(command) => {
                     let spec = ExecSpec {
@@ -220,11 +226,26 @@ impl<'h> DumpStream<'h> {
                         stdin: true,
                         purpose: format!("check command of the dump in container {}", job.target.container),
                     };
-                    let (checker, io) = handle.block_on(Exec::start(docker, spec)).map_err(|e| SourceError::Dump(e.to_string()))?;
-                    Check::Command(Some((checker, io.stdin.expect("attached stdin"))))
+                    let (checker, io) = handle.block_on(Exec::start(docker, spec))?;
+                    let mut output = io.stdout;
+                    // Whatever it prints, it never blocks on a full pipe (and so stops reading).
+                    let drained = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut output, &mut std::io::sink());
+                    });
+                    Check::Command { checker, input: io.stdin.expect("attached stdin"), drained }
                 }
                 None => Check::None,
             },
+        };
+        let started = handle.block_on(Exec::start(docker, engine::dump_script(&job)));
+        let (exec, ExecIo { stdout, .. }) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if let Check::Command { checker, .. } = &check {
+                    handle.block_on(checker.stop());
+                }
+                return Err(e.into());
+            }
         };
         Ok(DumpStream { handle, job, exec, stdout, check, stage: Stage::Start, bytes: 0, record: None })
     }
@@ -249,10 +270,10 @@ impl<'h> DumpStream<'h> {
             Check::PgCustom(check) => check.feed(&piece).map_err(|e| self.failed(format!("its output is not a complete pg_dump archive: {e}")))?,
             Check::Trailer(check) => check.feed(&piece),
             // A check command that stopped reading is judged by its exit code at the end.
-            Check::Command(Some((_, input))) => {
+            Check::Command { input, .. } => {
                 let _ = input.write_all(&piece);
             }
-            Check::Command(None) | Check::None => {}
+            Check::None => {}
         }
         Ok(Event::Data(piece))
     }
@@ -295,16 +316,17 @@ impl<'h> DumpStream<'h> {
                 record.tables = summary.tables;
             }
             Check::Trailer(check) => check.finish().map_err(|e| self.failed(e))?,
-            Check::Command(Some((checker, mut input))) => {
-                // Its last bytes, then the end of its input; a checker that stopped reading is judged by its status.
+            Check::Command { checker, mut input, drained } => {
+                // Its last bytes, then the end of its input; it has ended when its output has.
                 let _ = input.flush();
                 drop(input);
+                let _ = drained.join();
                 let checked = self.handle.block_on(checker.exit_code()).map_err(|e| self.failed(e))?;
                 if checked != 0 {
                     return Err(self.failed(format!("its check command exited with status {checked}: {}", checker.last_stderr_line())));
                 }
             }
-            Check::Command(None) | Check::None => {}
+            Check::None => {}
         }
         self.record = Some(record);
         Ok(Event::FileEnd)
@@ -332,15 +354,22 @@ impl EventSource for DumpStream<'_> {
 }
 
 impl Drop for DumpStream<'_> {
-    /// A dump abandoned midway (the run failed elsewhere) is stopped, not left writing into nothing.
+    /// A dump that did not end well (the run failed here or elsewhere) is stopped, not left running.
     fn drop(&mut self) {
-        if self.stage == Stage::Content {
+        if self.record.is_none() {
             self.handle.block_on(self.exec.stop());
-            if let Check::Command(Some((checker, _))) = &self.check {
+            if let Check::Command { checker, .. } = &self.check {
                 self.handle.block_on(checker.stop());
             }
         }
     }
+}
+
+/// How the running container takes a dump back: its login, and for a command dump the restore
+/// command its label names.
+pub struct Loader {
+    pub login: Login,
+    pub restore_command: Option<String>,
 }
 
 /// Loads a dump back: `send` writes the stored stream into the restore command's stdin.
@@ -349,7 +378,7 @@ pub fn restore(
     docker: &bollard::Docker,
     container: &str,
     record: &DumpRecord,
-    spec_login: &Login,
+    loader: &Loader,
     force: bool,
     send: &mut dyn FnMut(&mut dyn Write) -> Result<(), crate::Error>,
 ) -> Result<Vec<String>, crate::Error> {
@@ -359,8 +388,12 @@ pub fn restore(
     };
     let engine = DumpEngine::parse(&record.engine).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
     let format = engine::DumpFormat::parse(&record.format).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
-    let target = engine::RestoreTarget { container, engine, format, login: spec_login, database: record.database.as_deref(), restore_command: record.restore_command.as_deref() };
+    let restore_command = loader.restore_command.as_deref();
+    let target = engine::RestoreTarget { container, engine, format, login: &loader.login, database: record.database.as_deref(), restore_command };
     let mut warnings = Vec::new();
+    if restore_command.is_some() && restore_command != record.restore_command.as_deref() {
+        warnings.push(format!("{what}: loaded by the restore command container {container} names now, not the one recorded at backup"));
+    }
     handle.block_on(engine::wait_until_ready(docker, &target)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })?;
     if let Some(prepare) = handle.block_on(engine::prepare_restore(docker, &target, force)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })? {
         warnings.push(prepare);
