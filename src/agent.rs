@@ -1,5 +1,6 @@
 //! The agent side of a helper container: `stackvault agent read ROOT` streams a tree to the sidecar,
-//! `stackvault agent write ROOT [--replace]` applies one from it. With `--connect SOCKET --token T` it
+//! `stackvault agent write ROOT [--replace]` applies one from it, `stackvault agent relay FIFO` passes a
+//! dump on. With `--connect SOCKET --token T` it
 //! talks over a socket in the exchange directory (docker::exchange), else over stdin/stdout. It builds
 //! no HTTP client and needs nothing but the kernel, so the static binary runs alone in a one-file image.
 
@@ -37,6 +38,16 @@ pub fn read(root: &Path, rules: &Rules, read_content: bool, link: Option<Link>) 
             Err(e)
         }
     }
+}
+
+/// Relays what is written into the FIFO at `fifo` to the sidecar, unchanged: a database dump that its
+/// container writes into a FIFO in a volume this helper mounts reaches the sidecar without passing
+/// through the engine's exec stream (docs/ARCHITECTURE.md, "Dumps by exec"). Ends when the writer does.
+pub fn relay(fifo: &Path, link: Option<Link>) -> Result<(), SourceError> {
+    let (_, mut output) = channel(link)?;
+    let mut input = std::fs::File::open(fifo).map_err(|e| SourceError::io(fifo.display(), e))?;
+    std::io::copy(&mut input, &mut output).map_err(SourceError::Stream)?;
+    output.flush().map_err(SourceError::Stream)
 }
 
 /// The last line of a successful `write`'s report, after its warnings.

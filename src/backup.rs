@@ -174,13 +174,14 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             let jobs = handle.block_on(dump::plan_jobs(docker, target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
             for job in jobs {
                 let shown = format!("dump {}", job.name());
-                let mut stream = DumpStream::start(&handle, docker, job.clone()).map_err(|e| Error::source(&shown, e))?;
+                let engine = engine.as_deref().expect("dumps come from Docker");
+                let mut stream = DumpStream::start(&handle, engine, job.clone()).map_err(|e| Error::source(&shown, e))?;
                 let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
                 let mut record = SourceRecord::new(SourceKind::Dump, job.name(), archived.root);
                 record.bytes = archived.stats.bytes;
                 record.dump = stream.record.take();
                 records.push(record);
-                routes.push(format!("by exec in container {}", job.target.container));
+                routes.push(stream.route().to_string());
             }
         }
         if !stop.is_empty() {

@@ -115,6 +115,11 @@ enum AgentAction {
         #[command(flatten)]
         link: AgentLink,
     },
+    Relay {
+        fifo: PathBuf,
+        #[command(flatten)]
+        link: AgentLink,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
                 }
             }
             AgentAction::Write { root, replace, link } => stackvault::agent::write(root, *replace, link.link()),
+            AgentAction::Relay { fifo, link } => stackvault::agent::relay(fifo, link.link()),
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use bollard::Docker;
 use super::helper::HELPER_LABEL;
 use super::quiesce::{Hook, LABEL_STOP};
 use super::DockerError;
-use crate::source::dump::{DumpEngine, DumpSpec, DumpTarget, LABEL_VOLUMES};
+use crate::source::dump::{DumpEngine, DumpSpec, DumpTarget, RelayMount, LABEL_VOLUMES};
 use crate::config::SelectConfig;
 use crate::repo::format::SourceKind;
 use crate::source::exclude::{check_pattern, RuleSet};
@@ -47,6 +47,20 @@ pub struct Discovery {
     pub stop: Vec<String>,
     /// Containers with `stackvault.pre` / `stackvault.post` commands, by name.
     pub hooks: Vec<Hook>,
+}
+
+/// A writable volume or bind mount of a database container, where a dump's FIFO can meet a helper:
+/// one beside the data directory where there is one, else the data directory's.
+fn relay_mount(mounts: &[bollard::models::MountPoint], data_dirs: &[String]) -> Option<RelayMount> {
+    let usable = mounts.iter().filter(|m| m.rw == Some(true) && matches!(m.typ.as_deref(), Some("volume" | "bind")));
+    let in_data = |m: &&bollard::models::MountPoint| data_dirs.iter().any(|d| m.destination.as_deref().is_some_and(|dest| dest.starts_with(d.as_str())));
+    let mut candidates: Vec<&bollard::models::MountPoint> = usable.collect();
+    candidates.sort_by_key(|m| in_data(m));
+    candidates.first().and_then(|m| {
+        let volume = m.typ.as_deref() == Some("volume");
+        let source = if volume { m.name.clone()? } else { m.source.clone()? };
+        Some(RelayMount { volume, source, destination: m.destination.clone()? })
+    })
 }
 
 pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discovery, DockerError> {
@@ -104,11 +118,13 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
                 if spec.engine == DumpEngine::Command && spec.include_volumes {
                     return Err(label_error(LABEL_VOLUMES, "a command dump has no data directory to leave out; leave mounts out with stackvault.exclude".into()));
                 }
+                let relay = relay_mount(inspected.mounts.as_deref().unwrap_or_default(), &spec.engine.data_dirs(env.iter().find_map(|e| e.strip_prefix("PGDATA="))));
                 found.dumps.push(DumpTarget {
                     container: name.clone(),
                     service: labels.get("com.docker.compose.service").cloned(),
                     project: labels.get("com.docker.compose.project").cloned(),
                     spec,
+                    relay,
                 });
             }
         }

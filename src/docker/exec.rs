@@ -51,6 +51,8 @@ pub struct Exec {
     pub purpose: String,
     stderr: StderrTail,
     pid: Pid,
+    /// Set once the engine reported its exit: its pid may then be another process's.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 pub struct ExecIo {
@@ -82,7 +84,7 @@ impl Exec {
             .await
             .map_err(|e| exec_error(&spec.container, &spec.purpose, e))?;
         let StartExecResults::Attached { output, input } = started else { unreachable!("started attached") };
-        let exec = Exec { docker: docker.clone(), id: created.id, container: spec.container, purpose: spec.purpose, stderr: StderrTail::default(), pid: Default::default() };
+        let exec = Exec { docker: docker.clone(), id: created.id, container: spec.container, purpose: spec.purpose, stderr: StderrTail::default(), pid: Default::default(), ended: Default::default() };
         LIVE_EXECS.lock().expect("exec registry").push((exec.id.clone(), exec.container.clone(), exec.pid.clone()));
         let (tail, pid) = (exec.stderr.clone(), exec.pid.clone());
         let mut first = true;
@@ -133,6 +135,7 @@ impl Exec {
         for _ in 0..600 {
             let inspected = self.docker.inspect_exec(&self.id).await.map_err(|e| exec_error(&self.container, &self.purpose, e))?;
             if inspected.running != Some(true) {
+                self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.forget();
                 return Ok(inspected.exit_code.unwrap_or(-1));
             }
@@ -143,6 +146,9 @@ impl Exec {
 
     /// Stops the process (and what it `exec`ed into) with SIGTERM, then SIGKILL.
     pub async fn stop(&self) {
+        if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let pid = *self.pid.lock().expect("exec pid");
         if let Some(pid) = pid {
             kill(&self.docker, &self.container, pid).await;

@@ -11,11 +11,14 @@ pub mod sqldump;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 
+use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
 use super::{EntryKind, Event, EventSource, Meta, SourceError};
 use crate::docker::exec::{Exec, ExecIo, ExecSpec};
-use crate::docker::stdio::{ChannelReader, ChannelWriter};
+use crate::docker::engine::Engine;
+use crate::docker::helper::{Helper, HelperSpec};
+use crate::docker::stdio::ChannelWriter;
 use crate::docker::DockerError;
 use crate::repo::format::DumpRecord;
 pub use engine::{DumpEngine, Login, Password};
@@ -52,6 +55,19 @@ pub struct DumpTarget {
     pub service: Option<String>,
     pub project: Option<String>,
     pub spec: DumpSpec,
+    /// Where its dumps can leave it without the engine's exec stream (see [`DumpStream`]).
+    pub relay: Option<RelayMount>,
+}
+
+/// A writable mount of the database container that a helper can mount too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayMount {
+    /// A volume (else a bind mount).
+    pub volume: bool,
+    /// The volume's name, or the bind mount's host path.
+    pub source: String,
+    /// Where the database container has it.
+    pub destination: String,
 }
 
 impl DumpSpec {
@@ -195,11 +211,19 @@ enum Stage {
 
 /// One running dump as a single file's events: its stdout is the content; the end comes only after
 /// the exit code and the checks said the dump is whole (otherwise the stream fails, and so the run).
+///
+/// The engine's exec stream costs most of a core at a few hundred MB/s (docs/ARCHITECTURE.md). When
+/// the engine has an exchange socket and the database container a writable mount, the dump goes
+/// around it: the tool writes into a FIFO made in that mount, and a helper that mounts it too relays
+/// the bytes to the sidecar over the exchange socket, as volumes travel.
 pub struct DumpStream<'h> {
     handle: &'h Handle,
+    docker: bollard::Docker,
     job: DumpJob,
     exec: Exec,
-    stdout: ChannelReader,
+    stdout: Box<dyn Read + Send>,
+    relay: Option<Relay>,
+    route: String,
     check: Check,
     stage: Stage,
     bytes: u64,
@@ -211,7 +235,8 @@ pub struct DumpStream<'h> {
 const PIECE: usize = 1 << 20;
 
 impl<'h> DumpStream<'h> {
-    pub fn start(handle: &'h Handle, docker: &bollard::Docker, job: DumpJob) -> Result<Self, SourceError> {
+    pub fn start(handle: &'h Handle, engine: &Engine, job: DumpJob) -> Result<Self, SourceError> {
+        let docker = &engine.docker;
         let check = match job.format {
             engine::DumpFormat::PgCustom => Check::PgCustom(pgcustom::CustomArchiveCheck::new()),
             engine::DumpFormat::SqlGlobals if job.target.spec.engine == DumpEngine::Postgres => Check::Trailer(engine::TrailerCheck::pg_globals()),
@@ -237,17 +262,45 @@ impl<'h> DumpStream<'h> {
                 None => Check::None,
             },
         };
-        let started = handle.block_on(Exec::start(docker, engine::dump_script(&job)));
+        let docker = &engine.docker;
+        let mut script = engine::dump_script(&job);
+        // Without a way around the exec stream (no exchange, no mount, no mkfifo), the stream it is.
+        let relay = match (&job.target.relay, engine.exchange()) {
+            (Some(mount), Some(_)) => handle.block_on(Relay::start(engine, &job, mount)),
+            _ => None,
+        };
+        if let Some(relay) = &relay {
+            // The shell's first act: open the FIFO (it waits for the helper's reader).
+            script.script = format!("exec > \"$SV_FIFO\" || exit 3; {}", script.script);
+            script.env.push(format!("SV_FIFO={}", relay.fifo));
+        }
+        let started = handle.block_on(Exec::start(docker, script));
         let (exec, ExecIo { stdout, .. }) = match started {
             Ok(started) => started,
             Err(e) => {
                 if let Check::Command { checker, .. } = &check {
                     handle.block_on(checker.stop());
                 }
+                if let Some(relay) = relay {
+                    handle.block_on(relay.abort(docker));
+                }
                 return Err(e.into());
             }
         };
-        Ok(DumpStream { handle, job, exec, stdout, check, stage: Stage::Start, bytes: 0, record: None })
+        let route = match &relay {
+            Some(relay) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
+            None => format!("by exec in container {}", job.target.container),
+        };
+        let (stdout, relay): (Box<dyn Read + Send>, _) = match relay {
+            Some(mut relay) => (relay.reader.take().expect("the relay's reader"), Some(relay)),
+            None => (Box::new(stdout), None),
+        };
+        Ok(DumpStream { handle, docker: docker.clone(), job, exec, stdout, relay, route, check, stage: Stage::Start, bytes: 0, record: None })
+    }
+
+    /// How the dump's bytes travel, for the run's report.
+    pub fn route(&self) -> &str {
+        &self.route
     }
 
     fn failed(&self, message: impl std::fmt::Display) -> SourceError {
@@ -282,6 +335,9 @@ impl<'h> DumpStream<'h> {
     fn end(&mut self) -> Result<Event, SourceError> {
         self.stage = Stage::Ended;
         let code = self.handle.block_on(self.exec.exit_code()).map_err(|e| self.failed(e))?;
+        if let Some(relay) = self.relay.take() {
+            self.handle.block_on(relay.finish(&self.docker));
+        }
         let tool = self.job.format.tool(self.job.target.spec.engine);
         if code != 0 {
             let last = self.exec.last_stderr_line();
@@ -356,13 +412,84 @@ impl EventSource for DumpStream<'_> {
 impl Drop for DumpStream<'_> {
     /// A dump that did not end well (the run failed here or elsewhere) is stopped, not left running.
     fn drop(&mut self) {
-        if self.record.is_none() {
+        if self.stage != Stage::Done {
             self.handle.block_on(self.exec.stop());
             if let Check::Command { checker, .. } = &self.check {
                 self.handle.block_on(checker.stop());
             }
         }
+        if let Some(relay) = self.relay.take() {
+            self.handle.block_on(relay.abort(&self.docker));
+        }
     }
+}
+
+/// A dump's way around the exec stream: a FIFO in a mount of the database container, and the helper
+/// that reads it.
+struct Relay {
+    container: String,
+    /// The FIFO's path inside the database container.
+    fifo: String,
+    helper: Helper,
+    reader: Option<Box<dyn Read + Send>>,
+    shown: String,
+}
+
+impl Relay {
+    /// Makes the FIFO and starts the helper that reads it; `None` when either cannot be done.
+    async fn start(engine: &Engine, job: &DumpJob, mount: &RelayMount) -> Option<Relay> {
+        let container = job.target.container.clone();
+        let name = format!(".stackvault-dump-{}", hex::encode(crate::random_bytes::<8>()));
+        let fifo = format!("{}/{name}", mount.destination.trim_end_matches('/'));
+        let make = ExecSpec {
+            container: container.clone(),
+            script: "mkfifo -m 600 \"$SV_FIFO\"".into(),
+            env: vec![format!("SV_FIFO={fifo}")],
+            stdin: false,
+            purpose: format!("making a FIFO for the {}", job.describe()),
+        };
+        let made = Exec::run(&engine.docker, make, std::time::Duration::from_secs(60)).await;
+        if !made.is_ok_and(|m| m.code == 0) {
+            remove_fifo(&engine.docker, &container, &fifo).await;
+            return None;
+        }
+        let typ = if mount.volume { MountType::VOLUME } else { MountType::BIND };
+        let source = Mount { typ: Some(typ), source: Some(mount.source.clone()), target: Some("/source".into()), read_only: Some(true), ..Default::default() };
+        let spec = HelperSpec {
+            auto_remove: true,
+            mounts: vec![source],
+            binds: vec![],
+            args: vec!["agent".into(), "relay".into(), format!("/source/{name}")],
+            purpose: format!("relay of the {}", job.describe()),
+        };
+        let shown = format!("{} {}", if mount.volume { "volume" } else { "bind mount" }, mount.source);
+        match Helper::start(engine, spec).await {
+            Ok((helper, io)) => {
+                drop(io.writer);
+                Some(Relay { container, fifo, helper, reader: Some(io.reader), shown })
+            }
+            Err(_) => {
+                remove_fifo(&engine.docker, &container, &fifo).await;
+                None
+            }
+        }
+    }
+
+    /// The dump ended: the helper is done once the stream is, and the FIFO goes.
+    async fn finish(self, docker: &bollard::Docker) {
+        remove_fifo(docker, &self.container, &self.fifo).await;
+        self.helper.release();
+    }
+
+    async fn abort(self, docker: &bollard::Docker) {
+        remove_fifo(docker, &self.container, &self.fifo).await;
+        self.helper.abort().await;
+    }
+}
+
+async fn remove_fifo(docker: &bollard::Docker, container: &str, fifo: &str) {
+    let spec = ExecSpec { container: container.to_string(), script: "rm -f \"$SV_FIFO\"".into(), env: vec![format!("SV_FIFO={fifo}")], stdin: false, purpose: "removing a dump's FIFO".into() };
+    let _ = Exec::run(docker, spec, std::time::Duration::from_secs(60)).await;
 }
 
 /// How the running container takes a dump back: its login, and for a command dump the restore
