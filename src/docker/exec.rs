@@ -55,6 +55,19 @@ pub struct Exec {
     ended: std::sync::atomic::AtomicBool,
 }
 
+/// Tells from anywhere whether an exec still runs.
+#[derive(Clone)]
+pub struct ExecProbe {
+    docker: Docker,
+    id: String,
+}
+
+impl ExecProbe {
+    pub async fn running(&self) -> bool {
+        self.docker.inspect_exec(&self.id).await.is_ok_and(|i| i.running == Some(true))
+    }
+}
+
 pub struct ExecIo {
     pub stdout: ChannelReader,
     pub stdin: Option<ChannelWriter>,
@@ -158,6 +171,10 @@ impl Exec {
 
     fn forget(&self) {
         LIVE_EXECS.lock().expect("exec registry").retain(|(id, _, _)| *id != self.id);
+    }
+
+    pub fn probe(&self) -> ExecProbe {
+        ExecProbe { docker: self.docker.clone(), id: self.id.clone() }
     }
 
     /// What it wrote to stderr (its tail), trimmed.

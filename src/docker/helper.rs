@@ -216,6 +216,8 @@ pub struct HelperSpec {
 pub struct HelperIo {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
+    /// The exchange socket itself, when that is the way: shutting it down ends a read in progress.
+    pub socket: Option<UnixStream>,
 }
 
 /// A running helper. `finish` waits for its exit status and removes it; dropping it unfinished
@@ -290,10 +292,11 @@ impl Helper {
                 let stream = helper.accept(listening).await?;
                 crate::source::wire::widen_send_buffer(&stream);
                 let writer = stream.try_clone().map_err(|e| DockerError::Agent(format!("helper socket: {e}")))?;
-                HelperIo { reader: Box::new(stream), writer: Box::new(SocketWriter(writer)) }
+                let socket = stream.try_clone().ok();
+                HelperIo { reader: Box::new(stream), writer: Box::new(SocketWriter(writer)), socket }
             }
             None => {
-                HelperIo { reader: Box::new(stdout), writer: Box::new(stdio::feed(attached.input)) }
+                HelperIo { reader: Box::new(stdout), writer: Box::new(stdio::feed(attached.input)), socket: None }
             }
         };
         Ok((helper, io))

@@ -10,6 +10,8 @@ pub mod sqldump;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
@@ -226,7 +228,8 @@ pub struct DumpStream<'h> {
     route: String,
     check: Check,
     stage: Stage,
-    bytes: u64,
+    /// Read so far; shared with the relay's watch.
+    bytes: Arc<AtomicU64>,
     /// What the dump said of itself, once it ended well.
     pub record: Option<DumpRecord>,
 }
@@ -262,7 +265,6 @@ impl<'h> DumpStream<'h> {
                 None => Check::None,
             },
         };
-        let docker = &engine.docker;
         let mut script = engine::dump_script(&job);
         // Without a way around the exec stream (no exchange, no mount, no mkfifo), the stream it is.
         let relay = match (&job.target.relay, engine.exchange()) {
@@ -291,11 +293,17 @@ impl<'h> DumpStream<'h> {
             Some(relay) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
             None => format!("by exec in container {}", job.target.container),
         };
+        let bytes = Arc::new(AtomicU64::new(0));
         let (stdout, relay): (Box<dyn Read + Send>, _) = match relay {
-            Some(mut relay) => (relay.reader.take().expect("the relay's reader"), Some(relay)),
+            Some(mut relay) => {
+                if let Some(socket) = relay.socket.take() {
+                    watch_relay(handle.clone(), exec.probe(), socket, bytes.clone());
+                }
+                (relay.reader.take().expect("the relay's reader"), Some(relay))
+            }
             None => (Box::new(stdout), None),
         };
-        Ok(DumpStream { handle, docker: docker.clone(), job, exec, stdout, relay, route, check, stage: Stage::Start, bytes: 0, record: None })
+        Ok(DumpStream { handle, docker: docker.clone(), job, exec, stdout, relay, route, check, stage: Stage::Start, bytes, record: None })
     }
 
     /// How the dump's bytes travel, for the run's report.
@@ -317,7 +325,7 @@ impl<'h> DumpStream<'h> {
         if filled == 0 {
             return self.end();
         }
-        self.bytes += filled as u64;
+        self.bytes.fetch_add(filled as u64, Ordering::Relaxed);
         match &mut self.check {
             Check::Sql(check) => check.feed(&piece),
             Check::PgCustom(check) => check.feed(&piece).map_err(|e| self.failed(format!("its output is not a complete pg_dump archive: {e}")))?,
@@ -344,7 +352,7 @@ impl<'h> DumpStream<'h> {
             let said = if last.is_empty() { String::new() } else { format!(": {last}") };
             return Err(self.failed(format!("{tool} exited with status {code}{said}")));
         }
-        if self.bytes == 0 {
+        if self.bytes.load(Ordering::Relaxed) == 0 {
             return Err(self.failed(format!("{tool} exited 0 but wrote nothing")));
         }
         let mut record = DumpRecord {
@@ -432,7 +440,26 @@ struct Relay {
     fifo: String,
     helper: Helper,
     reader: Option<Box<dyn Read + Send>>,
+    socket: Option<std::os::unix::net::UnixStream>,
     shown: String,
+}
+
+/// A dump's shell opens the FIFO before anything else, but if it ends without (its container killed
+/// at that moment), the helper waits for a writer forever, and the run for the helper. Once the exec
+/// has ended with nothing relayed for a while, the relay's socket is shut, which ends the stream (and
+/// the exit code says why). A dump that wrote anything cannot hang so: its end is the FIFO's.
+fn watch_relay(handle: Handle, probe: crate::docker::exec::ExecProbe, socket: std::os::unix::net::UnixStream, bytes: Arc<AtomicU64>) {
+    std::thread::spawn(move || {
+        let mut ended_for = 0;
+        while bytes.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            ended_for = if handle.block_on(probe.running()) { 0 } else { ended_for + 1 };
+            if ended_for >= 5 {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    });
 }
 
 impl Relay {
@@ -466,7 +493,7 @@ impl Relay {
         match Helper::start(engine, spec).await {
             Ok((helper, io)) => {
                 drop(io.writer);
-                Some(Relay { container, fifo, helper, reader: Some(io.reader), shown })
+                Some(Relay { container, fifo, helper, reader: Some(io.reader), socket: io.socket, shown })
             }
             Err(_) => {
                 remove_fifo(&engine.docker, &container, &fifo).await;
