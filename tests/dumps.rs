@@ -424,6 +424,23 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     assert!(text(&out.stderr).contains(&format!("started again container {name}")), "the restart is reported: {}", text(&out.stderr));
     assert_eq!(records(), 0);
 
+    // Interrupted by SIGTERM while the container is stopped: the run starts it before it exits.
+    let backup = stackvault(&config).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut seen_stopped = false;
+    for _ in 0..1200 {
+        if !running(&name) {
+            seen_stopped = true;
+            ok(Command::new("kill").args(["-TERM", &backup.id().to_string()]));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = backup.wait_with_output().unwrap();
+    assert!(seen_stopped, "the backup ended before the container was seen stopped");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(running(&name), "started again by the interrupted run: {}", text(&out.stderr));
+    assert_eq!(records(), 0);
+
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
     let _ = std::fs::remove_dir_all(&work);

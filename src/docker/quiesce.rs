@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bollard::query_parameters::{StartContainerOptions, StopContainerOptionsBuilder};
+use bollard::query_parameters::StartContainerOptions;
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,10 @@ pub const LABEL_PRE: &str = "stackvault.pre";
 pub const LABEL_POST: &str = "stackvault.post";
 pub const LABEL_HOOK_TIMEOUT: &str = "stackvault.hook-timeout";
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+/// The container a stop request is out for: a signal handler must let that stop finish before it
+/// starts the container again, or the engine would stop it after the start.
+static STOPPING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Each run's record is `stopped-containers-<hostname>-<pid>.json`: runs side by side keep their own.
 const STATE_PREFIX: &str = "stopped-containers-";
 
@@ -126,8 +130,11 @@ impl Stopped {
         }
         for container in containers {
             stopped.containers.push(container.clone());
-            let options = StopContainerOptionsBuilder::default().t(60).build();
-            if let Err(e) = docker.stop_container(container, Some(options)).await {
+            *STOPPING.lock().expect("stopping") = Some(container.clone());
+            // The container's own stop timeout (compose's stop_grace_period) applies.
+            let result = docker.stop_container(container, None::<bollard::query_parameters::StopContainerOptions>).await;
+            *STOPPING.lock().expect("stopping") = None;
+            if let Err(e) = result {
                 return (stopped, Err(DockerError::api(format!("stopping container {container} ({LABEL_STOP})"))(e)));
             }
         }
@@ -164,6 +171,14 @@ pub async fn start_left_stopped(docker: &Docker, state_dir: &Path, include_own: 
         if record.owner_alive() && !(own && include_own) {
             // Another run is in the middle of its backup: its containers are its own to start.
             continue;
+        }
+        if own {
+            let stopping = STOPPING.lock().expect("stopping").clone();
+            if let Some(container) = stopping {
+                let options = bollard::query_parameters::WaitContainerOptionsBuilder::default().condition("not-running").build();
+                let mut stopped = docker.wait_container(&container, Some(options));
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(120), futures_util::StreamExt::next(&mut stopped)).await;
+            }
         }
         start_all(docker, &record.containers, &state_file).await?;
         started.extend(record.containers);

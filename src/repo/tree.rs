@@ -421,3 +421,36 @@ impl<'r, 'a> SnapshotWalk<'r, 'a> {
 fn find<'n>(nodes: &'n [Node], name: &[u8]) -> Option<&'n Node> {
     nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &nodes[i])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(engine: &str, format: &str, database: Option<&str>, restore_command: Option<&str>) -> DumpRecord {
+        DumpRecord {
+            engine: engine.into(),
+            format: format.into(),
+            container: "db-1".into(),
+            service: None,
+            project: None,
+            database: database.map(str::to_string),
+            server_version: None,
+            position: None,
+            tables: Default::default(),
+            restore_command: restore_command.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn dump_records_pair_engines_formats_and_restore_commands_as_the_format_says() {
+        assert!(dump_record_ok(&record("mariadb", "sql", Some("calls"), None)).is_ok());
+        assert!(dump_record_ok(&record("postgres", "sql-globals", None, None)).is_ok());
+        assert!(dump_record_ok(&record("command", "command", None, Some("cat > /x"))).is_ok());
+        // A crafted manifest cannot slip a command into a database dump, nor pair what does not pair.
+        assert!(dump_record_ok(&record("mariadb", "sql", Some("calls"), Some("rm -rf /"))).is_err());
+        assert!(dump_record_ok(&record("postgres", "sql", Some("calls"), None)).is_err());
+        assert!(dump_record_ok(&record("redis", "command", None, Some("x"))).is_err());
+        assert!(dump_record_ok(&record("postgres", "pg-custom", None, None)).is_err());
+        assert!(dump_record_ok(&record("mariadb", "sql-globals", Some("calls"), None)).is_err());
+    }
+}
