@@ -337,21 +337,47 @@ fn running(container: &str) -> bool {
     docker(&["inspect", "-f", "{{.State.Running}}", container]) == "true"
 }
 
+/// A one-container stack with a volume at /data, and an initialised repository whose configuration
+/// selects it: (volume, container, work dir, configuration, state dir).
+fn stand_in_stack(prefix: &str, labels: &[&str]) -> (String, String, PathBuf, PathBuf, PathBuf) {
+    let project = unique(prefix);
+    let (volume, name, work) = (format!("{project}_data"), format!("{project}-app-1"), scratch(prefix));
+    compose_volume(&project, &volume);
+    busybox_container(&project, &name, &volume, labels);
+    let state = work.join("state");
+    let config = write_config(&work, &format!("{}state_dir: {}\n", stack_yaml(&project, &work.join("repo")), state.display()));
+    ok(stackvault(&config).arg("init"));
+    (volume, name, work, config, state)
+}
+
+/// Starts a backup and, once it has stopped `container`, sends it `signal`; returns its output.
+fn interrupt_while_stopped(config: &Path, container: &str, signal: &str) -> Output {
+    let backup = stackvault(config).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..1200 {
+        if !running(container) {
+            ok(Command::new("kill").args([signal, &backup.id().to_string()]));
+            return backup.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the backup never stopped {container}");
+}
+
+fn remove_stand_in(volume: &str, name: &str, work: &Path) {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+    let _ = Command::new("docker").args(["volume", "rm", volume]).output();
+    let _ = std::fs::remove_dir_all(work);
+}
+
 #[test]
 fn a_command_dump_round_trips_and_its_check_command_decides() {
-    let project = unique("cmd");
-    let (volume, name, work) = (format!("{project}_data"), format!("{project}-app-1"), scratch("cmd"));
-    compose_volume(&project, &volume);
-    busybox_container(&project, &name, &volume, &[
+    let (volume, name, work, config, _) = stand_in_stack("cmd", &[
         "stackvault.dump=command",
         "stackvault.dump.command=cat /data/export.txt",
         "stackvault.dump.restore-command=cat > /data/imported.txt",
         "stackvault.dump.check-command=while read -r line; do last=$line; done; [ \"$last\" = END ]",
     ]);
     docker(&["exec", &name, "sh", "-c", "printf 'line one\\nline two\\nEND\\n' > /data/export.txt"]);
-    let repo = work.join("repo");
-    let config = write_config(&work, &format!("{}state_dir: {}\n", stack_yaml(&project, &repo), work.join("state").display()));
-    ok(stackvault(&config).arg("init"));
     // Through a FIFO in the container's volume and a helper, around the exec stream; and, with no
     // exchange socket to meet a helper at (attach mode), through the exec stream itself.
     let out = ok(stackvault(&config).arg("backup"));
@@ -371,28 +397,18 @@ fn a_command_dump_round_trips_and_its_check_command_decides() {
     assert!(!out.status.success() && text(&out.stderr).contains("check command"), "{}", text(&out.stderr));
     let listed: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
-
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
-    let _ = std::fs::remove_dir_all(&work);
+    remove_stand_in(&volume, &name, &work);
 }
 
 #[test]
 fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_and_hooks_run_in_order() {
-    let project = unique("stop");
-    let (volume, name, work) = (format!("{project}_data"), format!("{project}-app-1"), scratch("stop"));
-    compose_volume(&project, &volume);
-    busybox_container(&project, &name, &volume, &[
+    let (volume, name, work, config, state) = stand_in_stack("stop", &[
         "stackvault.stop-during-backup=true",
         "stackvault.pre=echo pre >> /hooks.log",
         "stackvault.post=echo post >> /hooks.log",
     ]);
-    // Enough data that the read takes a while: the sidecar is killed during it.
+    // Enough data that the read takes a while: the sidecar is interrupted during it.
     make_fixture(&volume_dir(&volume), 300, 2000);
-    let repo = work.join("repo");
-    let state = work.join("state");
-    let config = write_config(&work, &format!("{}state_dir: {}\n", stack_yaml(&project, &repo), state.display()));
-    ok(stackvault(&config).arg("init"));
 
     let out = ok(stackvault(&config).arg("backup"));
     assert!(out.contains(&format!("Volume {volume}")), "{out}");
@@ -402,21 +418,7 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     assert_eq!(records(), 0);
 
     // Killed while the container is stopped: the record stays, and the next start starts it.
-    let mut backup = stackvault(&config).arg("backup").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let mut seen_stopped = false;
-    for _ in 0..1200 {
-        if backup.try_wait().unwrap().is_some() {
-            break;
-        }
-        if !running(&name) {
-            seen_stopped = true;
-            backup.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = backup.wait();
-    assert!(seen_stopped, "the backup ended before the container was seen stopped");
+    interrupt_while_stopped(&config, &name, "-KILL");
     assert!(!running(&name), "nothing but stackvault starts it");
     assert_eq!(records(), 1, "the killed run's record stays");
     let out = run(stackvault(&config).arg("backup"));
@@ -425,23 +427,9 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     assert_eq!(records(), 0);
 
     // Interrupted by SIGTERM while the container is stopped: the run starts it before it exits.
-    let backup = stackvault(&config).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut seen_stopped = false;
-    for _ in 0..1200 {
-        if !running(&name) {
-            seen_stopped = true;
-            ok(Command::new("kill").args(["-TERM", &backup.id().to_string()]));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = backup.wait_with_output().unwrap();
-    assert!(seen_stopped, "the backup ended before the container was seen stopped");
+    let out = interrupt_while_stopped(&config, &name, "-TERM");
     assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
     assert!(running(&name), "started again by the interrupted run: {}", text(&out.stderr));
     assert_eq!(records(), 0);
-
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
-    let _ = std::fs::remove_dir_all(&work);
+    remove_stand_in(&volume, &name, &work);
 }
