@@ -170,11 +170,10 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut routes = Vec::new();
         // Databases first, while every server runs.
         for target in &dumps {
-            let docker = &engine.as_ref().expect("dumps come from Docker").docker;
-            let jobs = handle.block_on(dump::plan_jobs(docker, target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+            let engine = engine.as_deref().expect("dumps come from Docker");
+            let jobs = handle.block_on(dump::plan_jobs(&engine.docker, target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
             for job in jobs {
                 let shown = format!("dump {}", job.name());
-                let engine = engine.as_deref().expect("dumps come from Docker");
                 let mut stream = DumpStream::start(&handle, engine, job.clone()).map_err(|e| Error::source(&shown, e))?;
                 let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
                 let mut record = SourceRecord::new(SourceKind::Dump, job.name(), archived.root);
