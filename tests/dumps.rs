@@ -352,7 +352,7 @@ fn stand_in_stack(prefix: &str, labels: &[&str]) -> (String, String, PathBuf, Pa
 
 /// Starts a backup and, once it has stopped `container`, sends it `signal`; returns its output.
 fn interrupt_while_stopped(config: &Path, container: &str, signal: &str) -> Output {
-    let backup = stackvault(config).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut backup = stackvault(config).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     for _ in 0..1200 {
         if !running(container) {
             ok(Command::new("kill").args([signal, &backup.id().to_string()]));
@@ -360,6 +360,7 @@ fn interrupt_while_stopped(config: &Path, container: &str, signal: &str) -> Outp
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = backup.kill().and_then(|_| backup.wait());
     panic!("the backup never stopped {container}");
 }
 
