@@ -434,3 +434,25 @@ fn containers_stopped_for_the_backup_run_again_even_after_the_sidecar_is_killed_
     assert_eq!(records(), 0);
     remove_stand_in(&volume, &name, &work);
 }
+
+#[test]
+fn a_hook_past_its_timeout_fails_the_run_and_is_stopped_with_its_pipeline() {
+    let (volume, name, work, config, _) = stand_in_stack("hook", &["stackvault.pre=sleep 300 | cat", "stackvault.hook-timeout=2s"]);
+    let out = run(stackvault(&config).arg("backup"));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("stackvault.pre hook") && stderr.contains("did not finish within 2s"), "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    assert!(listed.as_array().unwrap().is_empty());
+    // Both ends of the pipeline are gone (the image has no ps: /proc, read by the shell).
+    let left = || docker(&["exec", &name, "sh", "-c", "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null; echo; done"]);
+    let mut processes = left();
+    for _ in 0..50 {
+        if !processes.contains("sleep\0300") && !processes.lines().any(|l| l == "cat\0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        processes = left();
+    }
+    assert!(!processes.contains("sleep\0300") && !processes.lines().any(|l| l == "cat\0"), "the hook's pipeline survived: {processes:?}");
+    remove_stand_in(&volume, &name, &work);
+}

@@ -157,7 +157,7 @@ impl Exec {
         Err(exec_error_text(self, "still running 30 s after its output ended".into()))
     }
 
-    /// Stops the process (and what it `exec`ed into) with SIGTERM, then SIGKILL.
+    /// Stops the process (what it `exec`ed into, and its children) with SIGTERM, then SIGKILL.
     pub async fn stop(&self) {
         if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -189,9 +189,13 @@ impl Exec {
 
 }
 
-/// Sends SIGTERM, then SIGKILL after 2 s, to a process in a container, by a detached exec.
+/// Sends SIGTERM, then SIGKILL after 2 s, to a process in a container and everything it started, by a
+/// detached exec. The engine makes each exec's process a process group leader (checked here with
+/// 20.10: pgid = sid = its pid), so a hook's or command dump's pipeline goes with it.
 async fn kill(docker: &Docker, container: &str, pid: u32) {
-    let script = format!("kill -TERM {pid} 2>/dev/null; sleep 2; kill -KILL {pid} 2>/dev/null; true");
+    let script = format!(
+        "kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; sleep 2; kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; true"
+    );
     let options = CreateExecOptions { cmd: Some(vec!["sh".to_string(), "-c".into(), script]), ..Default::default() };
     if let Ok(created) = docker.create_exec(container, options).await {
         let _ = docker.start_exec(&created.id, Some(StartExecOptions { detach: true, ..Default::default() })).await;
