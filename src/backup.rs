@@ -233,17 +233,18 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let finished = archiver.finish()?;
         Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config))
     })
-    .await
-    .expect("backup thread panicked");
+    .await;
     let mut consistency = Vec::new();
     if let Some(engine) = &engine {
-        let stopped = stopped.lock().expect("stopped containers").take();
+        let stopped = stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if let Some(stopped) = stopped {
             consistency.extend(stopped.start_again(&engine.docker).await.err());
         }
         consistency.extend(run_hooks(&engine.docker, &hooks, Phase::Post).await.err());
         engine.finish().await;
     }
+    // Even a panic of the archiving thread ends the run only once what it stopped runs again.
+    let archived = archived.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     // A hook or a restart that failed fails the run; with a failed read, both are told.
     let consistency: Vec<String> = consistency.iter().map(|e| e.to_string()).collect();
     let archived = match (archived, consistency.is_empty()) {
