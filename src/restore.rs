@@ -77,30 +77,25 @@ pub struct RestoreOutcome {
 
 pub async fn restore(config: &Config, options: RestoreOptions) -> Result<RestoreOutcome, Error> {
     let repo = crate::open_repository(config)?;
-    let (snapshot_id, mut snapshot) = repo.find_snapshot(&options.snapshot)?;
+    let (snapshot_id, snapshot) = repo.find_snapshot(&options.snapshot)?;
     let identities = options.identity.as_deref().map(Identities::load).transpose()?;
-    // Checked whole before anything is left out of it.
-    {
-        let index = repo.load_index()?;
-        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
-    }
     if let Some(unmatched) = options.only.iter().find(|only| !snapshot.sources.iter().any(|s| only.matches(s))) {
         let has: Vec<String> = snapshot.sources.iter().map(|s| s.label()).collect();
         return Err(Error::Usage(format!("--only {unmatched:?} matches nothing in snapshot {snapshot_id}; it holds: {}", has.join(", "))));
     }
-    if !options.only.is_empty() {
-        snapshot.sources.retain(|s| options.only.iter().any(|only| only.matches(s)));
-    }
+    let mut selected: Vec<SourceRecord> = snapshot.sources.iter().filter(|s| options.only.is_empty() || options.only.iter().any(|only| only.matches(s))).cloned().collect();
     // Files and volumes first, databases after: a server whose data volume was restored can be running by then.
-    snapshot.sources.sort_by_key(|s| s.kind == SourceKind::Dump);
-    let needs_docker = options.to.is_none() && snapshot.sources.iter().any(|s| s.kind != SourceKind::Path);
+    selected.sort_by_key(|s| s.kind == SourceKind::Dump);
+    let needs_docker = options.to.is_none() && selected.iter().any(|s| s.kind != SourceKind::Path);
     let engine = if needs_docker { Some(Engine::start(config).await?) } else { None };
     let handle = Handle::current();
     let restored = tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
         let index = repo.load_index()?;
+        // Checked whole, like the identity, before any destination is touched.
+        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
         let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
         let mut restored = Vec::new();
-        for source in &snapshot.sources {
+        for source in &selected {
             let shown = source.label();
             let local = match (&options.to, source.kind) {
                 (Some(dir), _) => Some(dir.join(source.kind.as_str()).join(flatten_name(&source.name))),
@@ -155,9 +150,7 @@ fn restore_dump(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snaps
             ))
         }
         _ => {
-            let names: std::collections::HashSet<&str> = env.iter().map(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n)).collect();
-            let value = |name: &str| env.iter().find_map(|e| e.strip_prefix(name).and_then(|r| r.strip_prefix('='))).map(str::to_string);
-            let login = dump::Login::resolve(engine_kind, None, None, None, &names, &value)
+            let login = dump::Login::resolve(engine_kind, None, None, None, dump::ContainerEnv(&env))
                 .map_err(|(label, message)| Error::source(&shown, format!("container {container}: {message} ({label})")))?;
             dump::Loader { login, restore_command: None }
         }

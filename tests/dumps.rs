@@ -447,12 +447,12 @@ fn a_hook_past_its_timeout_fails_the_run_and_is_stopped_with_its_pipeline() {
     let left = || docker(&["exec", &name, "sh", "-c", "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null; echo; done"]);
     let mut processes = left();
     for _ in 0..50 {
-        if !processes.contains("sleep\0300") && !processes.lines().any(|l| l == "cat\0") {
+        if !processes.contains("sleep\x00300") && !processes.lines().any(|l| l == "cat\x00") {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
         processes = left();
     }
-    assert!(!processes.contains("sleep\0300") && !processes.lines().any(|l| l == "cat\0"), "the hook's pipeline survived: {processes:?}");
+    assert!(!processes.contains("sleep\x00300") && !processes.lines().any(|l| l == "cat\x00"), "the hook's pipeline survived: {processes:?}");
     remove_stand_in(&volume, &name, &work);
 }

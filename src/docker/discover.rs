@@ -10,7 +10,7 @@ use bollard::Docker;
 use super::helper::HELPER_LABEL;
 use super::quiesce::{Hook, LABEL_STOP};
 use super::DockerError;
-use crate::source::dump::{DumpEngine, DumpSpec, DumpTarget, RelayMount, LABEL_VOLUMES};
+use crate::source::dump::{ContainerEnv, DumpEngine, DumpSpec, DumpTarget, RelayMount, LABEL_VOLUMES};
 use crate::config::SelectConfig;
 use crate::repo::format::SourceKind;
 use crate::source::exclude::{check_pattern, RuleSet};
@@ -111,14 +111,14 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
             let env = inspected.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default();
             let image = inspected.config.as_ref().and_then(|c| c.image.clone()).or(container.image.clone()).unwrap_or_default();
             if let Some(spec) = DumpSpec::from_labels(&labels, &image, &env).map_err(|(label, message)| label_error(label, message))? {
-                if !spec.include_volumes {
-                    let pgdata = env.iter().find_map(|e| e.strip_prefix("PGDATA="));
-                    data_dirs = spec.engine.data_dirs(pgdata);
-                }
                 if spec.engine == DumpEngine::Command && spec.include_volumes {
                     return Err(label_error(LABEL_VOLUMES, "a command dump has no data directory to leave out; leave mounts out with stackvault.exclude".into()));
                 }
-                let relay = relay_mount(inspected.mounts.as_deref().unwrap_or_default(), &spec.engine.data_dirs(env.iter().find_map(|e| e.strip_prefix("PGDATA="))));
+                let server_dirs = spec.engine.data_dirs(ContainerEnv(&env).value("PGDATA"));
+                let relay = relay_mount(inspected.mounts.as_deref().unwrap_or_default(), &server_dirs);
+                if !spec.include_volumes {
+                    data_dirs = server_dirs;
+                }
                 found.dumps.push(DumpTarget {
                     container: name.clone(),
                     service: labels.get("com.docker.compose.service").cloned(),
@@ -136,7 +136,7 @@ pub async fn discover(docker: &Docker, select: &SelectConfig) -> Result<Discover
         let patterns: Vec<String> =
             labels.get(LABEL_EXCLUDE_PATTERNS).map(|l| l.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect()).unwrap_or_default();
         for pattern in &patterns {
-            check_pattern(pattern).map_err(|e| DockerError::Label { container: name.clone(), label: LABEL_EXCLUDE_PATTERNS, message: e })?;
+            check_pattern(pattern).map_err(|e| label_error(LABEL_EXCLUDE_PATTERNS, e))?;
         }
         for mount in container.mounts.unwrap_or_default() {
             let destination = mount.destination.clone().unwrap_or_default();

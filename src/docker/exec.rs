@@ -80,6 +80,17 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// The last line it wrote to stderr, as [`Exec::last_stderr_line`].
+    pub fn last_stderr_line(&self) -> String {
+        last_line(&self.stderr)
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
 impl Exec {
     pub async fn start(docker: &Docker, spec: ExecSpec) -> Result<(Exec, ExecIo), DockerError> {
         let script = format!("echo \"{PID_MARKER}$$\" >&2; {}", spec.script);
@@ -184,7 +195,7 @@ impl Exec {
 
     /// The last line it wrote to stderr: mostly the tool's own reason for failing.
     pub fn last_stderr_line(&self) -> String {
-        self.stderr().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+        last_line(&self.stderr())
     }
 
 }

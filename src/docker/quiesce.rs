@@ -74,7 +74,7 @@ pub async fn run_hooks(docker: &Docker, hooks: &[Hook], phase: Phase) -> Result<
             Ok(output) => DockerError::Exec {
                 container: hook.container.clone(),
                 purpose,
-                message: format!("exited with status {}: {}", output.code, output.stderr.lines().last().unwrap_or("").trim()),
+                message: format!("exited with status {}: {}", output.code, output.last_stderr_line()),
             },
             Err(e) => e,
         };

@@ -91,6 +91,16 @@ impl Read for ChannelReader {
     }
 }
 
+impl ChannelReader {
+    /// Reads and drops the rest on a thread of its own, so that a process whose output nobody wants
+    /// never blocks on a full pipe (and so stops reading its input); joining waits for its end.
+    pub fn drain_beside(mut self) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut self, &mut io::sink());
+        })
+    }
+}
+
 /// Blocking `Write` into an attached stdin, batching small writes.
 pub struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,

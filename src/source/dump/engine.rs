@@ -3,7 +3,6 @@
 //! names (user, database, a password file's path) through its environment, never spliced into shell
 //! text, and a password only by the name of the container's own variable or file that holds it.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -43,7 +42,7 @@ impl DumpEngine {
 
     /// `stackvault.dump=auto`: the image's name decides (its last path part, without tag or digest),
     /// else the environment's variables do; anything else, or two engines at once, is an error.
-    pub fn detect(image: &str, env_names: &HashSet<&str>) -> Result<Self, String> {
+    pub fn detect(image: &str, env: ContainerEnv) -> Result<Self, String> {
         let repository = image.split('@').next().unwrap_or(image);
         let name = repository.rsplit('/').next().unwrap_or(repository);
         let name = name.split(':').next().unwrap_or(name).to_ascii_lowercase();
@@ -56,7 +55,7 @@ impl DumpEngine {
         .filter(|(_, words)| words.iter().any(|w| name.contains(w)))
         .map(|(engine, _)| engine)
         .collect();
-        let has_prefix = |prefix: &str| env_names.iter().any(|n| n.starts_with(prefix));
+        let has_prefix = |prefix: &str| env.0.iter().any(|e| e.starts_with(prefix));
         let by_env: Vec<DumpEngine> = [(DumpEngine::MariaDb, has_prefix("MARIADB_")), (DumpEngine::MySql, has_prefix("MYSQL_")), (DumpEngine::Postgres, has_prefix("POSTGRES_"))]
             .into_iter()
             .filter(|(_, found)| *found)
@@ -181,6 +180,21 @@ pub enum Password {
     File(String),
 }
 
+/// A container's environment as the engine lists it, `NAME=value`. Passwords in it are only ever
+/// named, never read; values are read for user names, flags and PGDATA.
+#[derive(Clone, Copy)]
+pub struct ContainerEnv<'a>(pub &'a [String]);
+
+impl<'a> ContainerEnv<'a> {
+    pub fn value(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find_map(|e| e.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|e| e == name || e.strip_prefix(name).is_some_and(|rest| rest.starts_with('=')))
+    }
+}
+
 impl Login {
     /// The login from the labels, else from the variables the official images read: MariaDB/MySQL
     /// root's password, else the application user's; PostgreSQL's POSTGRES_USER (default postgres).
@@ -189,9 +203,9 @@ impl Login {
         user: Option<String>,
         password_env: Option<String>,
         password_file: Option<String>,
-        env_names: &HashSet<&str>,
-        env_value: &dyn Fn(&str) -> Option<String>,
+        env: ContainerEnv,
     ) -> Result<Login, (&'static str, String)> {
+        let env_value = |name: &str| env.value(name).map(str::to_string);
         if let Some(name) = &password_env {
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
@@ -210,10 +224,10 @@ impl Login {
         let from_env = |names: &[&str]| -> Option<Password> {
             names.iter().find_map(|name| {
                 let file = format!("{name}_FILE");
-                if env_names.contains(*name) {
+                if env.has(name) {
                     Some(Password::Env(name.to_string()))
                 } else {
-                    env_names.contains(file.as_str()).then_some(Password::FileInEnv(file))
+                    env.has(&file).then_some(Password::FileInEnv(file))
                 }
             })
         };
@@ -322,7 +336,7 @@ pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(Ser
     let spec = ExecSpec { container: target.container.clone(), script, env, stdin: false, purpose: purpose.clone() };
     let output = Exec::run(docker, spec, Duration::from_secs(120)).await?;
     if output.code != 0 {
-        let last = output.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let last = output.last_stderr_line();
         return Err(SourceError::Dump(format!("{purpose}: exit status {}: {last}; no snapshot was written", output.code)));
     }
     let mut info = ServerInfo::default();
@@ -436,7 +450,7 @@ impl RestoreTarget<'_> {
         let spec = ExecSpec { container: self.container.to_string(), script: format!("{prelude}{sql_script}"), env, stdin: false, purpose: purpose.to_string() };
         let output = Exec::run(docker, spec, Duration::from_secs(300)).await?;
         if output.code != 0 {
-            let last = output.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            let last = output.last_stderr_line();
             return Err(DockerError::Exec { container: self.container.into(), purpose: purpose.into(), message: format!("exit status {}: {last}", output.code) });
         }
         Ok(output.stdout)
@@ -540,40 +554,35 @@ mod tests {
 
     #[test]
     fn auto_detects_by_image_then_environment() {
-        let none = HashSet::new();
-        assert_eq!(DumpEngine::detect("docker.io/library/mariadb:11.4", &none), Ok(DumpEngine::MariaDb));
-        assert_eq!(DumpEngine::detect("postgres:16-alpine", &none), Ok(DumpEngine::Postgres));
-        assert_eq!(DumpEngine::detect("bitnami/mysql@sha256:abc", &none), Ok(DumpEngine::MySql));
-        let pg = HashSet::from(["POSTGRES_PASSWORD"]);
-        assert_eq!(DumpEngine::detect("registry.local/app-db:1", &pg), Ok(DumpEngine::Postgres));
-        let maria = HashSet::from(["MARIADB_ROOT_PASSWORD", "MYSQL_DATABASE"]);
-        assert_eq!(DumpEngine::detect("registry.local/app-db:1", &maria), Ok(DumpEngine::MariaDb));
-        let both = HashSet::from(["MYSQL_ROOT_PASSWORD", "POSTGRES_PASSWORD"]);
-        assert!(DumpEngine::detect("registry.local/app-db:1", &both).is_err());
-        assert!(DumpEngine::detect("redis:7", &none).is_err());
+        let env = |vars: &[&str]| vars.iter().map(|v| format!("{v}=x")).collect::<Vec<_>>();
+        let none = env(&[]);
+        assert_eq!(DumpEngine::detect("docker.io/library/mariadb:11.4", ContainerEnv(&none)), Ok(DumpEngine::MariaDb));
+        assert_eq!(DumpEngine::detect("postgres:16-alpine", ContainerEnv(&none)), Ok(DumpEngine::Postgres));
+        assert_eq!(DumpEngine::detect("bitnami/mysql@sha256:abc", ContainerEnv(&none)), Ok(DumpEngine::MySql));
+        let pg = env(&["POSTGRES_PASSWORD"]);
+        assert_eq!(DumpEngine::detect("registry.local/app-db:1", ContainerEnv(&pg)), Ok(DumpEngine::Postgres));
+        let maria = env(&["MARIADB_ROOT_PASSWORD", "MYSQL_DATABASE"]);
+        assert_eq!(DumpEngine::detect("registry.local/app-db:1", ContainerEnv(&maria)), Ok(DumpEngine::MariaDb));
+        let both = env(&["MYSQL_ROOT_PASSWORD", "POSTGRES_PASSWORD"]);
+        assert!(DumpEngine::detect("registry.local/app-db:1", ContainerEnv(&both)).is_err());
+        assert!(DumpEngine::detect("redis:7", ContainerEnv(&none)).is_err());
     }
 
     #[test]
     fn logins_name_where_the_password_is_never_its_value() {
-        let env = ["MARIADB_ROOT_PASSWORD=s3cret", "MYSQL_USER=app"];
-        let names: HashSet<&str> = env.iter().map(|e| e.split('=').next().unwrap()).collect();
-        let value = |n: &str| env.iter().find_map(|e| e.strip_prefix(&format!("{n}=")).map(str::to_string));
-        let login = Login::resolve(DumpEngine::MariaDb, None, None, None, &names, &value).unwrap();
+        let env = ["MARIADB_ROOT_PASSWORD=s3cret".to_string(), "MYSQL_USER=app".into()];
+        let login = Login::resolve(DumpEngine::MariaDb, None, None, None, ContainerEnv(&env)).unwrap();
         assert_eq!(login, Login { user: Some("root".into()), password: Password::Env("MARIADB_ROOT_PASSWORD".into()), admin: true });
         let mut vars = Vec::new();
         let prelude = login.prelude(DumpEngine::MariaDb, &mut vars);
         assert!(!prelude.contains("s3cret") && !vars.iter().any(|v| v.contains("s3cret")), "{prelude} {vars:?}");
 
-        let env = ["POSTGRES_PASSWORD_FILE=/run/secrets/pg", "POSTGRES_USER=calls"];
-        let names: HashSet<&str> = env.iter().map(|e| e.split('=').next().unwrap()).collect();
-        let value = |n: &str| env.iter().find_map(|e| e.strip_prefix(&format!("{n}=")).map(str::to_string));
-        let login = Login::resolve(DumpEngine::Postgres, None, None, None, &names, &value).unwrap();
+        let env = ["POSTGRES_PASSWORD_FILE=/run/secrets/pg".to_string(), "POSTGRES_USER=calls".into()];
+        let login = Login::resolve(DumpEngine::Postgres, None, None, None, ContainerEnv(&env)).unwrap();
         assert_eq!(login, Login { user: Some("calls".into()), password: Password::FileInEnv("POSTGRES_PASSWORD_FILE".into()), admin: true });
 
-        let names = HashSet::new();
-        let nothing = |_: &str| None;
-        assert!(Login::resolve(DumpEngine::MariaDb, None, None, None, &names, &nothing).is_err());
-        assert!(Login::resolve(DumpEngine::MariaDb, None, Some("A;rm".into()), None, &names, &nothing).is_err());
+        assert!(Login::resolve(DumpEngine::MariaDb, None, None, None, ContainerEnv(&[])).is_err());
+        assert!(Login::resolve(DumpEngine::MariaDb, None, Some("A;rm".into()), None, ContainerEnv(&[])).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod engine;
 pub mod pgcustom;
 pub mod sqldump;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::docker::helper::{Helper, HelperSpec};
 use crate::docker::stdio::ChannelWriter;
 use crate::docker::DockerError;
 use crate::repo::format::DumpRecord;
-pub use engine::{DumpEngine, Login, Password};
+pub use engine::{ContainerEnv, DumpEngine, Login, Password};
 
 pub const LABEL_DUMP: &str = "stackvault.dump";
 pub const LABEL_DATABASES: &str = "stackvault.dump.databases";
@@ -85,9 +85,9 @@ impl DumpSpec {
             }
             return Ok(None);
         };
-        let env_names: HashSet<&str> = env.iter().map(|e| e.split_once('=').map_or(e.as_str(), |(name, _)| name)).collect();
+        let env = ContainerEnv(env);
         let engine = match kind {
-            "auto" => DumpEngine::detect(image, &env_names).map_err(|e| (LABEL_DUMP, e))?,
+            "auto" => DumpEngine::detect(image, env).map_err(|e| (LABEL_DUMP, e))?,
             other => DumpEngine::parse(other).map_err(|e| (LABEL_DUMP, e))?,
         };
         let text = |label: &'static str| labels.get(label).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
@@ -120,8 +120,7 @@ impl DumpSpec {
                 }
             }
         }
-        let env_value = |name: &str| env.iter().find_map(|e| e.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))).map(str::to_string);
-        let login = Login::resolve(engine, text(LABEL_USER), text(LABEL_PASSWORD_ENV), text(LABEL_PASSWORD_FILE), &env_names, &env_value)?;
+        let login = Login::resolve(engine, text(LABEL_USER), text(LABEL_PASSWORD_ENV), text(LABEL_PASSWORD_FILE), env)?;
         Ok(Some(DumpSpec { engine, databases, command, restore_command, check_command, include_volumes, login }))
     }
 }
@@ -255,12 +254,7 @@ impl<'h> DumpStream<'h> {
                         purpose: format!("check command of the dump in container {}", job.target.container),
                     };
                     let (checker, io) = handle.block_on(Exec::start(docker, spec))?;
-                    let mut output = io.stdout;
-                    // Whatever it prints, it never blocks on a full pipe (and so stops reading).
-                    let drained = std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut output, &mut std::io::sink());
-                    });
-                    Check::Command { checker, input: io.stdin.expect("attached stdin"), drained }
+                    Check::Command { checker, input: io.stdin.expect("attached stdin"), drained: io.stdout.drain_beside() }
                 }
                 None => Check::None,
             },
@@ -271,7 +265,7 @@ impl<'h> DumpStream<'h> {
             (Some(mount), Some(_)) => handle.block_on(Relay::start(engine, &job, mount)),
             _ => None,
         };
-        if let Some(relay) = &relay {
+        if let Some((relay, ..)) = &relay {
             // The shell's first act: open the FIFO (it waits for the helper's reader).
             script.script = format!("exec > \"$SV_FIFO\" || exit 3; {}", script.script);
             script.env.push(format!("SV_FIFO={}", relay.fifo));
@@ -283,23 +277,23 @@ impl<'h> DumpStream<'h> {
                 if let Check::Command { checker, .. } = &check {
                     handle.block_on(checker.stop());
                 }
-                if let Some(relay) = relay {
+                if let Some((relay, ..)) = relay {
                     handle.block_on(relay.abort(docker));
                 }
                 return Err(e.into());
             }
         };
         let route = match &relay {
-            Some(relay) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
+            Some((relay, ..)) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
             None => format!("by exec in container {}", job.target.container),
         };
         let bytes = Arc::new(AtomicU64::new(0));
         let (stdout, relay): (Box<dyn Read + Send>, _) = match relay {
-            Some(mut relay) => {
-                if let Some(socket) = relay.socket.take() {
+            Some((relay, reader, socket)) => {
+                if let Some(socket) = socket {
                     watch_relay(handle.clone(), exec.probe(), socket, bytes.clone());
                 }
-                (relay.reader.take().expect("the relay's reader"), Some(relay))
+                (reader, Some(relay))
             }
             None => (Box::new(stdout), None),
         };
@@ -439,8 +433,6 @@ struct Relay {
     /// The FIFO's path inside the database container.
     fifo: String,
     helper: Helper,
-    reader: Option<Box<dyn Read + Send>>,
-    socket: Option<std::os::unix::net::UnixStream>,
     shown: String,
 }
 
@@ -463,8 +455,9 @@ fn watch_relay(handle: Handle, probe: crate::docker::exec::ExecProbe, socket: st
 }
 
 impl Relay {
-    /// Makes the FIFO and starts the helper that reads it; `None` when either cannot be done.
-    async fn start(engine: &Engine, job: &DumpJob, mount: &RelayMount) -> Option<Relay> {
+    /// Makes the FIFO and starts the helper that reads it; `None` when either cannot be done. With it
+    /// come the stream from the helper and, over a socket, the socket itself (for the watch).
+    async fn start(engine: &Engine, job: &DumpJob, mount: &RelayMount) -> Option<(Relay, Box<dyn Read + Send>, Option<std::os::unix::net::UnixStream>)> {
         let container = job.target.container.clone();
         let name = format!(".stackvault-dump-{}", hex::encode(crate::random_bytes::<8>()));
         let fifo = format!("{}/{name}", mount.destination.trim_end_matches('/'));
@@ -493,7 +486,7 @@ impl Relay {
         match Helper::start(engine, spec).await {
             Ok((helper, io)) => {
                 drop(io.writer);
-                Some(Relay { container, fifo, helper, reader: Some(io.reader), socket: io.socket, shown })
+                Some((Relay { container, fifo, helper, shown }, io.reader, io.socket))
             }
             Err(_) => {
                 remove_fifo(&engine.docker, &container, &fifo).await;
@@ -554,10 +547,8 @@ pub fn restore(
     }
     let spec = engine::restore_script(&target, &what);
     let (exec, io) = handle.block_on(Exec::start(docker, spec))?;
-    let ExecIo { mut stdout, stdin } = io;
-    let mut stdin = stdin.expect("attached stdin");
-    // Its output is drained beside the input, so a chatty loader never blocks on a full pipe.
-    let drained = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let mut stdin = io.stdin.expect("attached stdin");
+    let drained = io.stdout.drain_beside();
     let sent = send(&mut stdin).and_then(|_| stdin.flush().map_err(|e| crate::Error::source(&what, e)));
     drop(stdin);
     let _ = drained.join();
