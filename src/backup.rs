@@ -132,6 +132,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let stack = config.stack()?.to_string();
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
+    let target_notes = repo.storage.check_writable(false)?;
     let Plan { engine, dumps, sources: planned, skipped, stop, hooks } = plan(config).await?;
     if !dumps.is_empty() && repo.config.version < 3 {
         return Err(Error::Usage(format!(
@@ -268,6 +269,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let id = repo.save_snapshot(&snapshot)?;
     // Only now: the cache describes what a snapshot holds.
     let mut warnings: Vec<String> = restarted;
+    warnings.extend(target_notes);
     warnings.extend(caches
         .into_iter()
         .filter_map(|(writer, failed)| {

@@ -116,6 +116,93 @@ impl SelectConfig {
 pub struct RepositoryConfig {
     #[serde(default)]
     pub filesystem: Option<FilesystemConfig>,
+    #[serde(default)]
+    pub azure: Option<AzureConfig>,
+}
+
+/// Which target the repository lives in: exactly one of `repository.filesystem` and `repository.azure`.
+pub enum Target<'a> {
+    Filesystem(&'a Path),
+    Azure(&'a AzureConfig),
+}
+
+/// An Azure Blob Storage container (README, "Azure Blob Storage"). Secrets are never keys of this
+/// file: they come from the standard variables or from the files named here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    /// Default: AZURE_STORAGE_ACCOUNT, or the connection string's AccountName.
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub container: Option<String>,
+    /// A folder inside the container, so that several stacks can share one.
+    #[serde(default)]
+    pub prefix: String,
+    /// Default: https://<account>.blob.core.windows.net (or the connection string's BlobEndpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Default: the first kind whose secret is present (connection string, key, SAS), else an error.
+    #[serde(default)]
+    pub credential: Option<AzureCredential>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub sas_file: Option<PathBuf>,
+    #[serde(default)]
+    pub connection_string_file: Option<PathBuf>,
+    #[serde(default)]
+    pub immutability: Immutability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureCredential {
+    SharedKey,
+    Sas,
+    ConnectionString,
+    ManagedIdentity,
+    WorkloadIdentity,
+    AzureCli,
+}
+
+impl std::str::FromStr for AzureCredential {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_yaml_ng::from_str(s).map_err(|_| {
+            format!("{s:?} is not one of shared_key, sas, connection_string, managed_identity, workload_identity, azure_cli")
+        })
+    }
+}
+
+/// The WORM settings every object gets when it is stored (README, "Immutability").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Immutability {
+    /// An object stays locked until the end of the day (UTC) this many days after it is stored.
+    pub days: u32,
+    pub mode: LockMode,
+    pub legal_hold: bool,
+    /// Refuse a container without version-level immutability support.
+    pub required: bool,
+    /// An older object that a new snapshot references is locked this many days past the snapshot's own
+    /// lock, so that each object's lock is extended about once a month, not every night.
+    pub extend_ahead_days: u32,
+}
+
+impl Default for Immutability {
+    fn default() -> Self {
+        Immutability { days: 180, mode: LockMode::Locked, legal_hold: false, required: true, extend_ahead_days: 30 }
+    }
+}
+
+/// Azure's per-blob policy modes: `locked` can only be extended, by anyone; `unlocked` can be
+/// shortened or removed by an administrator (for trials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Locked,
+    Unlocked,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +324,10 @@ impl Config {
                 "STACKVAULT_REPOSITORY_FILESYSTEM_PATH" => {
                     self.repository.filesystem = Some(FilesystemConfig { path: PathBuf::from(&value) })
                 }
+                _ if name.starts_with("STACKVAULT_REPOSITORY_AZURE_") => {
+                    let azure = self.repository.azure.get_or_insert_with(AzureConfig::default);
+                    azure.apply_env(&name["STACKVAULT_REPOSITORY_AZURE_".len()..], &value).map_err(env_err)?
+                }
                 "STACKVAULT_ENCRYPTION_RECIPIENTS" => {
                     self.encryption.recipients = list().map(crypt::parse_recipient).collect::<Result<_, _>>().map_err(env_err)?
                 }
@@ -265,11 +356,48 @@ impl Config {
         self.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR))
     }
 
-    pub fn repository_path(&self) -> Result<&Path, ConfigError> {
-        self.repository.filesystem.as_ref().map(|f| f.path.as_path()).ok_or_else(|| ConfigError::Missing {
-            key: "repository.filesystem.path",
-            hint: format!("set it in {} or set STACKVAULT_REPOSITORY_FILESYSTEM_PATH", self.origin),
-        })
+    pub fn target(&self) -> Result<Target<'_>, ConfigError> {
+        match (&self.repository.filesystem, &self.repository.azure) {
+            (Some(fs), None) => Ok(Target::Filesystem(&fs.path)),
+            (None, Some(azure)) => Ok(Target::Azure(azure)),
+            (Some(_), Some(_)) => Err(ConfigError::InvalidNoLocation {
+                file: self.origin.clone(),
+                message: "repository: set either filesystem or azure, not both (check STACKVAULT_REPOSITORY_* variables too)".into(),
+            }),
+            (None, None) => Err(ConfigError::Missing {
+                key: "repository",
+                hint: format!(
+                    "set repository.filesystem.path or repository.azure in {} (or STACKVAULT_REPOSITORY_FILESYSTEM_PATH)",
+                    self.origin
+                ),
+            }),
+        }
+    }
+}
+
+impl AzureConfig {
+    fn apply_env(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let flag = |v: &str| v.parse::<bool>().map_err(|_| format!("{v:?} is not true or false"));
+        let number = |v: &str| v.parse::<u32>().map_err(|_| format!("{v:?} is not a whole number"));
+        match key {
+            "ACCOUNT" => self.account = Some(value.to_string()),
+            "CONTAINER" => self.container = Some(value.to_string()),
+            "PREFIX" => self.prefix = value.to_string(),
+            "ENDPOINT" => self.endpoint = Some(value.to_string()),
+            "CREDENTIAL" => self.credential = Some(value.parse()?),
+            "KEY_FILE" => self.key_file = Some(PathBuf::from(value)),
+            "SAS_FILE" => self.sas_file = Some(PathBuf::from(value)),
+            "CONNECTION_STRING_FILE" => self.connection_string_file = Some(PathBuf::from(value)),
+            "IMMUTABILITY_DAYS" => self.immutability.days = number(value)?,
+            "IMMUTABILITY_MODE" => {
+                self.immutability.mode = serde_yaml_ng::from_str(value).map_err(|_| format!("{value:?} is not locked or unlocked"))?
+            }
+            "IMMUTABILITY_LEGAL_HOLD" => self.immutability.legal_hold = flag(value)?,
+            "IMMUTABILITY_REQUIRED" => self.immutability.required = flag(value)?,
+            "IMMUTABILITY_EXTEND_AHEAD_DAYS" => self.immutability.extend_ahead_days = number(value)?,
+            _ => return Err("unknown setting; see README.md, \"Azure Blob Storage\", for the variables".into()),
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     );
     std::fs::write(&config_path, yaml).map_err(|e| Error::Usage(format!("writing {}: {e}", config_path.display())))?;
     let config = Config::load(Some(&config_path))?;
-    let repo_path = config.repository_path()?.to_path_buf();
+    let repo_path = dir.join("repository");
     let engine = Engine::start(&config).await?;
     let (docker, image) = (&engine.docker, engine.agent_image());
     remove_stack(docker).await?;
@@ -40,9 +40,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     create_stack(&engine).await?;
 
     if !repo_path.join("config").exists() {
-        std::fs::create_dir_all(&repo_path).map_err(|e| Error::Usage(format!("creating {}: {e}", repo_path.display())))?;
-        let storage = crate::storage::filesystem::FilesystemStorage::open(&repo_path)?;
-        crate::repo::Repository::init(std::sync::Arc::new(storage), &[])?;
+        crate::init_repository(&config)?;
     }
 
     println!("2. backing up into {} (configuration: {})", repo_path.display(), config_path.display());

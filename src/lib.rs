@@ -17,11 +17,12 @@ pub mod verify;
 
 use std::sync::Arc;
 
-use config::{Config, ConfigError};
+use config::{Config, ConfigError, Target};
 use docker::DockerError;
 use repo::{RepoError, Repository};
+use storage::azure::AzureStorage;
 use storage::filesystem::FilesystemStorage;
-use storage::StorageError;
+use storage::{Storage, StorageError};
 
 /// The commands' error: whatever layer failed, with that layer's message.
 #[derive(Debug, thiserror::Error)]
@@ -46,15 +47,34 @@ impl Error {
     }
 }
 
+/// Opens the configured target (a directory, or an Azure container); sends nothing yet.
+pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, Error> {
+    Ok(match config.target()? {
+        Target::Filesystem(path) => Arc::new(FilesystemStorage::open(path).map_err(|e| match e {
+            StorageError::NotFound { location } => RepoError::NotARepository(location),
+            other => RepoError::Storage(other),
+        })?),
+        // Objects larger than a few MiB wait in the cache directory while they upload.
+        Target::Azure(azure) => Arc::new(AzureStorage::open(azure, &config.cache_dir().join("spool"))?),
+    })
+}
+
 /// Opens the configured target and the repository in it.
 pub fn open_repository(config: &Config) -> Result<Repository, Error> {
-    let storage = FilesystemStorage::open(config.repository_path()?).map_err(|e| match e {
-        StorageError::NotFound { location } => RepoError::NotARepository(location),
-        other => RepoError::Storage(other),
-    })?;
-    let mut repo = Repository::open(Arc::new(storage))?;
+    let mut repo = Repository::open(open_storage(config)?)?;
     repo.index_cache = Some(config.cache_dir().join(&repo.config.id).join("index"));
     Ok(repo)
+}
+
+/// Creates a repository in the configured target (a directory is created; a container must exist,
+/// unless WORM is not required, when it is created); returns it with what the target had to say.
+pub fn init_repository(config: &Config) -> Result<(Repository, Vec<String>), Error> {
+    if let Target::Filesystem(path) = config.target()? {
+        std::fs::create_dir_all(path).map_err(|e| StorageError::from_io(path.display(), e))?;
+    }
+    let storage = open_storage(config)?;
+    let notes = storage.check_writable(true)?;
+    Ok((Repository::init(storage, &config.encryption.recipients)?, notes))
 }
 
 pub fn program() -> String {

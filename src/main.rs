@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a repository at repository.filesystem.path
+    /// Create a repository in the configured target (a directory, or an Azure container)
     Init,
     /// Back up the selected containers' volumes and bind mounts, and the configured paths
     Backup {
@@ -181,12 +181,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init => {
             let config = Config::load(config_path)?;
-            let path = config.repository_path()?.to_path_buf();
-            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-            let storage = stackvault::storage::filesystem::FilesystemStorage::open(&path)?;
-            let repo = stackvault::repo::Repository::init(std::sync::Arc::new(storage), &config.encryption.recipients)?;
+            let (repo, notes) = stackvault::init_repository(&config)?;
+            for note in &notes {
+                eprintln!("note: {note}");
+            }
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
-            println!("created repository {} at {} ({encryption})", repo.config.id, path.display());
+            println!("created repository {} at {} ({encryption})", repo.config.id, repo.storage.location());
         }
         Command::Backup { dry_run: true, json } => {
             let config = Config::load(config_path)?;

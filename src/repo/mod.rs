@@ -258,11 +258,34 @@ impl Repository {
         }
     }
 
-    /// Stores a snapshot manifest. Called last, after everything it references is stored.
+    /// Stores a snapshot manifest. Called last, after everything it references is stored; on a target
+    /// that locks objects, only once every pack and index object it references is locked at least as
+    /// long as the manifest will be (older ones, deduplicated into it, are extended).
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id, RepoError> {
+        // An hour's slack: the manifest is stored moments later, perhaps on the next day.
+        if let Some(until) = self.storage.lock_until(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))? {
+            self.protect_references(&snapshot.packs, until)?;
+        }
         let bytes = serde_json::to_vec_pretty(snapshot).expect("snapshot serializes");
         let id = Id::of(&bytes);
         self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), &bytes)?;
         Ok(id)
+    }
+
+    /// Locks each listed pack and its index object until at least `until` (and holds them, where legal
+    /// holds are configured); returns how many objects were changed.
+    fn protect_references(&self, packs: &[Id], until: std::time::SystemTime) -> Result<usize, RepoError> {
+        let wanted: std::collections::HashSet<String> = packs.iter().map(Id::hex).collect();
+        let mut objects = Vec::with_capacity(2 * packs.len());
+        for kind in [ObjectKind::Pack, ObjectKind::Index] {
+            let listed: Vec<_> = self.storage.list(kind)?.into_iter().filter(|o| wanted.contains(&o.key.name)).collect();
+            if listed.len() < wanted.len() {
+                let have: std::collections::HashSet<&str> = listed.iter().map(|o| o.key.name.as_str()).collect();
+                let absent = wanted.iter().find(|name| !have.contains(name.as_str())).expect("fewer listed than wanted");
+                return Err(RepoError::Missing(format!("{} (referenced by the new snapshot)", Key::new(kind, absent.as_str()).path())));
+            }
+            objects.extend(listed);
+        }
+        Ok(self.storage.protect(&objects, until)?)
     }
 }

@@ -62,7 +62,9 @@ struct FsWriter {
 
 impl Write for FsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        let written = self.file.write(buf)?;
+        super::count_sent(written as u64);
+        Ok(written)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()

@@ -4,10 +4,24 @@
 //! lock and a legal hold. The boundary is synchronous: the data path runs on blocking threads, and
 //! network targets drive their async clients from inside.
 
+pub mod azure;
 pub mod filesystem;
 
 use std::io::{Read, Seek, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+/// Bytes this process has sent to its target (written to the share, uploaded to the cloud), for
+/// progress and rates; each target adds what it sends.
+static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+
+pub fn bytes_sent() -> u64 {
+    BYTES_SENT.load(Ordering::Relaxed)
+}
+
+fn count_sent(bytes: u64) {
+    BYTES_SENT.fetch_add(bytes, Ordering::Relaxed);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -23,6 +37,17 @@ pub enum StorageError {
     Io { location: String, source: std::io::Error },
     #[error("{location}: {what} is not supported by this target")]
     Unsupported { location: String, what: &'static str },
+    /// Authentication or authorization failed; the message names the credential and what to fix,
+    /// never the secret.
+    #[error("{location}: {message}")]
+    Denied { location: String, message: String },
+    /// The target could not be reached, or kept failing after retries; trying later may work.
+    #[error("{location}: {message}")]
+    Unavailable { location: String, message: String },
+    /// The target answered, but not as it should: not fit for this repository as configured (a
+    /// container without WORM support), or an error no retry can fix.
+    #[error("{location}: {message}")]
+    Refused { location: String, message: String },
 }
 
 impl StorageError {
@@ -110,6 +135,44 @@ pub trait Storage: Send + Sync {
     /// Extends (never shortens) the retention lock of an object.
     fn retain(&self, key: &Key, until: SystemTime) -> Result<(), StorageError>;
     fn set_legal_hold(&self, key: &Key, hold: bool) -> Result<(), StorageError>;
+
+    /// Checks, before anything is written, that the target takes objects as configured (a cloud
+    /// container exists, is WORM-capable where that is required, the credential may write); with
+    /// `init`, it may create what is missing. Returns what the user should know (e.g. objects will not
+    /// be locked).
+    fn check_writable(&self, _init: bool) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// The retention date an object committed at `at` gets; `None` where the target locks nothing.
+    fn lock_until(&self, _at: SystemTime) -> Result<Option<SystemTime>, StorageError> {
+        Ok(None)
+    }
+
+    /// Whether new objects get a legal hold.
+    fn holds_legally(&self) -> bool {
+        false
+    }
+
+    /// Makes each listed object locked until at least `until` (extended further ahead where the
+    /// target's policy says so) and, where legal holds are configured, held; returns how many objects
+    /// were changed. Objects already covered are left alone.
+    fn protect(&self, objects: &[ObjectInfo], until: SystemTime) -> Result<usize, StorageError> {
+        let mut changed = 0;
+        for object in objects {
+            let mut touched = false;
+            if object.retain_until.is_none_or(|t| t < until) {
+                self.retain(&object.key, until)?;
+                touched = true;
+            }
+            if self.holds_legally() && !object.legal_hold {
+                self.set_legal_hold(&object.key, true)?;
+                touched = true;
+            }
+            changed += touched as usize;
+        }
+        Ok(changed)
+    }
     /// Replaces the one object that is not named by its content, the config, as a whole (readers see
     /// the old bytes or the new ones): `migrate` alone does this, once per format version.
     fn replace_config(&self, bytes: &[u8]) -> Result<(), StorageError>;
