@@ -220,7 +220,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup { .. } => {
             let config = Config::load(config_path)?;
-            let outcome = interruptible(&config, stackvault::backup::backup(&config)).await??;
+            let progress = Progress::start();
+            let outcome = interruptible(&config, stackvault::backup::backup(&config)).await;
+            let (sent, seconds) = progress.stop().await;
+            let outcome = outcome??;
             let s = &outcome.snapshot;
             for skip in &outcome.skipped {
                 println!("skipped {skip}");
@@ -243,6 +246,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 s.summary.new_packs,
                 s.summary.duration_ms as f64 / 1000.0
             );
+            println!("sent {} to the target ({}/s)", bytes(sent), bytes((sent as f64 / seconds.max(0.001)) as u64));
         }
         Command::Snapshots { json } => {
             let config = Config::load(config_path)?;
@@ -305,10 +309,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let identities = identity.as_deref().map(Identities::load).transpose()?;
             let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read_data)).await??;
             for id in &report.snapshots {
+                let locked = report.locked_until.get(id).map(|t| format!(" (locked until {})", humantime::format_rfc3339_seconds(*t))).unwrap_or_default();
                 match report.broken.get(id) {
-                    None => println!("snapshot {id}: ok"),
+                    None => println!("snapshot {id}: ok{locked}"),
                     Some(problems) => {
-                        println!("snapshot {id}: BROKEN");
+                        println!("snapshot {id}: BROKEN{locked}");
                         for p in problems {
                             println!("  {p}");
                         }
@@ -386,6 +391,47 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
 fn print_excluded(excluded: &[stackvault::source::exclude::Excluded]) {
     for e in excluded {
         println!("    excluded by {} ({}): {} entries, {}", e.rule, e.origin, e.entries, bytes(e.bytes));
+    }
+}
+
+/// Bytes sent to the target and their rate, on one line refreshed each second while stderr is a
+/// terminal; otherwise silent.
+struct Progress {
+    started: std::time::Instant,
+    ticker: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Progress {
+    fn start() -> Self {
+        use std::io::IsTerminal;
+        let ticker = std::io::stderr().is_terminal().then(|| {
+            let (stop, mut stopped) = tokio::sync::oneshot::channel();
+            let started = std::time::Instant::now();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = &mut stopped => break,
+                    }
+                    let sent = stackvault::storage::bytes_sent();
+                    let rate = sent as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    eprint!("\r\x1b[Ksent {} to the target ({}/s)", bytes(sent), bytes(rate as u64));
+                }
+                eprint!("\r\x1b[K");
+            });
+            (task, stop)
+        });
+        Progress { started: std::time::Instant::now(), ticker }
+    }
+
+    /// Bytes sent and seconds taken.
+    async fn stop(self) -> (u64, f64) {
+        if let Some((task, stop)) = self.ticker {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        (stackvault::storage::bytes_sent(), self.started.elapsed().as_secs_f64())
     }
 }
 

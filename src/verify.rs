@@ -5,12 +5,13 @@
 //! length. Problems are attributed to every snapshot they break.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::SystemTime;
 
 use crate::repo::crypt::Identities;
 use crate::repo::pack::{check_pack, BlobReader};
 use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
 use crate::repo::{Id, Index, RepoError, Repository, Snapshots};
-use crate::storage::{Key, ObjectKind};
+use crate::storage::{Key, ObjectInfo, ObjectKind};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -23,6 +24,9 @@ pub struct VerifyReport {
     pub packs_read: usize,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
     pub walked_trees: bool,
+    /// Per snapshot, where the target locks objects: the earliest date until which the manifest and
+    /// every object it references stay locked.
+    pub locked_until: BTreeMap<Id, SystemTime>,
     pub notes: Vec<String>,
 }
 
@@ -35,7 +39,9 @@ impl VerifyReport {
 pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: bool) -> Result<VerifyReport, RepoError> {
     let index = repo.load_index()?;
     let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
-    let stored: HashMap<String, u64> = repo.storage.list(ObjectKind::Pack)?.into_iter().map(|o| (o.key.name, o.size)).collect();
+    let packs_stored = repo.storage.list(ObjectKind::Pack)?;
+    let stored: HashMap<&str, u64> = packs_stored.iter().map(|o| (o.key.name.as_str(), o.size)).collect();
+    let locks = Locks::read(repo, &packs_stored)?;
     let known_sizes: HashMap<Id, u64> = index.packs().collect();
     let unreadable = unreadable.iter().chain(&index.unreadable).map(|e| e.to_string()).collect();
     let mut report = VerifyReport { unreadable, ..VerifyReport::default() };
@@ -53,11 +59,18 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
             }
         };
         referenced.extend(&snapshot.packs);
+        if let Some(locks) = &locks {
+            let (earliest, problems) = locks.check(id, &snapshot.packs, repo.storage.holds_legally());
+            report.locked_until.extend(earliest.map(|t| (*id, t)));
+            if !problems.is_empty() {
+                report.broken.entry(*id).or_default().extend(problems);
+            }
+        }
         for pack in &snapshot.packs {
             if pack_problems.contains_key(pack) {
                 continue;
             }
-            let problem = match (known_sizes.get(pack), stored.get(&pack.hex())) {
+            let problem = match (known_sizes.get(pack), stored.get(pack.hex().as_str())) {
                 (None, _) => Some(format!("pack {pack}: no index object describes it")),
                 (Some(_), None) => Some(format!("pack {pack}: missing from the target")),
                 (Some(want), Some(have)) if want != have => Some(format!("pack {pack}: {have} bytes stored, {want} expected")),
@@ -162,9 +175,66 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
         }
     }
     report.snapshots = snapshots.into_iter().map(|(id, _)| id).collect();
-    let config_lock = repo.storage.stat(&crate::storage::Key::config())?.and_then(|o| o.retain_until);
-    if config_lock.is_none() {
-        report.notes.push(format!("immutability: objects at {} carry no retention lock (this target cannot set one)", repo.storage.location()));
+    if locks.is_none() {
+        report.notes.push(format!("immutability: objects at {} carry no retention lock (this target does not lock objects)", repo.storage.location()));
     }
     Ok(report)
+}
+
+/// What the target says of each object's lock, where it locks objects: a snapshot is only as
+/// immutable as the least locked object it needs.
+struct Locks {
+    objects: HashMap<(ObjectKind, String), (Option<SystemTime>, bool)>,
+}
+
+impl Locks {
+    fn read(repo: &Repository, packs: &[ObjectInfo]) -> Result<Option<Locks>, RepoError> {
+        if repo.storage.lock_until(SystemTime::now())?.is_none() {
+            return Ok(None);
+        }
+        let mut objects = HashMap::new();
+        let listed = packs.iter().cloned().chain(repo.storage.list(ObjectKind::Index)?).chain(repo.storage.list(ObjectKind::Snapshot)?);
+        for o in listed {
+            objects.insert((o.key.kind, o.key.name), (o.retain_until, o.legal_hold));
+        }
+        Ok(Some(Locks { objects }))
+    }
+
+    /// The earliest lock among the snapshot's manifest, packs and index objects, and what falls short:
+    /// an object locked for less time than the manifest, or lacking a legal hold that is configured.
+    fn check(&self, snapshot: &Id, packs: &[Id], holds: bool) -> (Option<SystemTime>, Vec<String>) {
+        let short = &snapshot.hex()[..12];
+        let Some(&(own, own_hold)) = self.objects.get(&(ObjectKind::Snapshot, snapshot.hex())) else { return (None, Vec::new()) };
+        let mut problems = Vec::new();
+        let Some(own) = own else {
+            problems.push(format!("immutability: the manifest of snapshot {short} carries no retention lock"));
+            return (None, problems);
+        };
+        if holds && !own_hold {
+            problems.push(format!("immutability: the manifest of snapshot {short} has no legal hold, which repository.azure.immutability.legal_hold asks for"));
+        }
+        let mut earliest = own;
+        for pack in packs {
+            for kind in [ObjectKind::Pack, ObjectKind::Index] {
+                let Some(&(until, hold)) = self.objects.get(&(kind, pack.hex())) else { continue }; // missing: reported below
+                let path = Key::new(kind, pack.hex()).path();
+                match until {
+                    Some(until) if until >= own => earliest = earliest.min(until),
+                    Some(until) => {
+                        earliest = earliest.min(until);
+                        problems.push(format!(
+                            "immutability: {path} is locked until {}, before the snapshot's manifest ({}): it could be deleted while the snapshot needs it; a backup extends the locks of what it references",
+                            humantime::format_rfc3339_seconds(until),
+                            humantime::format_rfc3339_seconds(own)
+                        ));
+                    }
+                    None => problems.push(format!("immutability: {path} carries no retention lock")),
+                }
+                if holds && !hold {
+                    problems.push(format!("immutability: {path} has no legal hold, which repository.azure.immutability.legal_hold asks for"));
+                }
+            }
+        }
+        (Some(earliest), problems)
+    }
 }

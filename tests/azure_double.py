@@ -29,10 +29,11 @@ standard library only. Pages it follows (section names as on learn.microsoft.com
 
 Where the docs are silent, values were taken from recorded responses of the real service (Azure
 SDK for JS test recordings: lower-case "unlocked"/"locked" in responses, 202 + x-ms-delete-type-permanent
-on Delete Blob, the x-ms-content-crc64 of "Hello World"), and from kopia's Azure tests, which run
-against real Azure (Delete Blob on a protected current version -> 409 BlobImmutableDueToPolicy;
-Delete Blob Immutability Policy on a locked policy -> ImmutabilityPolicyDeleteOnLockedPolicy).
-Every such place is marked "NOT FROM THE DOCS" below.
+on Delete Blob, the x-ms-content-crc64 of "Hello World", 400 Crc64Mismatch), and from kopia's Azure
+tests, which run against real Azure (Delete Blob on a protected current version -> 409
+BlobImmutableDueToPolicy; Delete Blob Immutability Policy on a locked policy ->
+ImmutabilityPolicyDeleteOnLockedPolicy). Every such place is marked "NOT FROM THE DOCS" below.
+Where no source names an error code at all, the nearest documented code is used and that is said.
 
 SIMPLIFICATIONS (on purpose; each is also commented where it happens):
   * One account (from the command line), path-style URLs only: /<account>/<container>/<blob>.
@@ -469,6 +470,14 @@ class Handler(BaseHTTPRequestHandler):
                         v.legal_hold = req["legal_hold"]
                     out = self.hook_blob_json(c, name, entry)
                 self.send_json(200, out)
+            elif route == ("POST", "/__double/create-container"):
+                # A WORM container is made by its owner through the management plane (ARM), which
+                # this double does not model: the test makes it here, as the owner would.
+                req = json.loads(self.body or b"{}")
+                with store.lock:
+                    if req["name"] not in store.containers:
+                        store.containers[req["name"]] = Container(req["name"], worm=not self.server.options.no_worm)
+                self.send_json(200, {"ok": True})
             elif route == ("GET", "/__double/requests"):
                 with store.lock:
                     out = list(store.requests)
@@ -681,7 +690,7 @@ class Handler(BaseHTTPRequestHandler):
         for date_value in candidates:
             sts = self.string_to_sign(date_value)
             mac = hmac.new(opts.key_bytes, sts.encode("utf-8"), hashlib.sha256).digest()
-            if hmac.compare_digest(b64(mac), signature):
+            if hmac.compare_digest(b64(mac).encode("ascii"), signature.encode("utf-8", "replace")):
                 return
         sts = self.string_to_sign(candidates[0])
         raise AzureError(403, "AuthenticationFailed",
@@ -830,9 +839,12 @@ class Handler(BaseHTTPRequestHandler):
             if inm == "*":
                 if current is not None:
                     # Specifying conditional headers, "Write Operations": If-None-Match not met ->
-                    # 412 (Precondition Failed); Common error codes: ConditionNotMet (412) "for a
-                    # write operation". The real service is reported to answer 409 BlobAlreadyExists
-                    # here (Blob service error codes lists it); --if-none-match-conflict 409 selects that.
+                    # 412 (Precondition Failed); Common REST API error codes: ConditionNotMet (412)
+                    # "... not met for a write operation". Microsoft's Python SDK agrees: on
+                    # upload_blob(overwrite=False) it turns a 412 ConditionNotMet into its own
+                    # "BlobAlreadyExists" error (_upload_helpers._convert_mod_error), which is why
+                    # tools print BlobAlreadyExists. Blob service error codes also lists
+                    # BlobAlreadyExists (409); --if-none-match-conflict 409 answers that instead.
                     if self.server.options.if_none_match_conflict == 409:
                         raise AzureError(409, "BlobAlreadyExists", "The specified blob already exists.")
                     raise not_met
@@ -1436,7 +1448,7 @@ def main(argv=None):
                     help="containers without version-level immutability (x-ms-immutable-storage-with-versioning-enabled: false)")
     ap.add_argument("--if-none-match-conflict", type=int, choices=(409, 412), default=412,
                     help="answer to If-None-Match: * on an existing blob: 412 ConditionNotMet (the conditional-headers "
-                         "page, default) or 409 BlobAlreadyExists (what the real service is reported to answer)")
+                         "page, default) or 409 BlobAlreadyExists (the error-codes page's code), to test a client takes both")
     ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
     opts = ap.parse_args(argv)
     try:

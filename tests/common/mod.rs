@@ -2,6 +2,7 @@
 //! independent Python checker (tests/treecheck.py), which shares no code with stackvault.
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod craft;
 
 use std::path::{Path, PathBuf};
