@@ -153,6 +153,19 @@ pub struct AzureConfig {
     pub connection_string_file: Option<PathBuf>,
     #[serde(default)]
     pub immutability: Immutability,
+    /// How long a failing request is retried (timeouts, 5xx, 429, connection errors) before the run
+    /// fails; the next run resumes. Default 2 minutes.
+    #[serde(default, deserialize_with = "duration")]
+    pub retry_for: Option<std::time::Duration>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration such as 90s, 2m or 1h: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -395,6 +408,7 @@ impl AzureConfig {
             "IMMUTABILITY_LEGAL_HOLD" => self.immutability.legal_hold = flag(value)?,
             "IMMUTABILITY_REQUIRED" => self.immutability.required = flag(value)?,
             "IMMUTABILITY_EXTEND_AHEAD_DAYS" => self.immutability.extend_ahead_days = number(value)?,
+            "RETRY_FOR" => self.retry_for = Some(parse_duration(value)?),
             _ => return Err("unknown setting; see README.md, \"Azure Blob Storage\", for the variables".into()),
         }
         Ok(())

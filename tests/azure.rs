@@ -238,13 +238,21 @@ fn a_wrong_key_an_expired_sas_and_a_sas_without_write_are_named_and_never_shown(
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// Waits until Azurite's store has grown by `bytes` since `from`.
+fn until_stored(azurite: &Azurite, from: u64, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while du(&azurite.data) < from + bytes && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn azurite_stopped_mid_upload_leaves_no_snapshot_referencing_a_missing_blob_and_the_next_run_resumes() {
+fn an_endpoint_that_goes_away_mid_upload_leaves_no_snapshot_referencing_a_missing_blob_and_the_next_run_resumes() {
     let work = scratch("az-kill");
     let mut azurite = Azurite::start(&work.join("azurite"));
     let data = work.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    make_fixture(&data, 160, 50);
+    std::fs::create_dir_all(data.join("first")).unwrap();
+    make_fixture(&data.join("first"), 160, 50);
     let config = write_config(
         &work,
         &format!(
@@ -255,36 +263,41 @@ fn azurite_stopped_mid_upload_leaves_no_snapshot_referencing_a_missing_blob_and_
         ),
     );
     ok(sv(&config, &shared_key()).arg("init"));
-    let backup = sv(&config, &shared_key()).arg("backup").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    // Once some packs are in, Azurite goes away for a few seconds, as a restarting endpoint does.
-    let blobs = work.join("azurite");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while du(&blobs) < 40 << 20 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let piped = || std::process::Stdio::piped();
+
+    // A short outage (Azurite stopped for 3 s mid-upload): the retries carry the run through.
+    let backup = sv(&config, &shared_key()).arg("backup").stdout(piped()).stderr(piped()).spawn().unwrap();
+    until_stored(&azurite, 0, 40 << 20);
     azurite.stop();
     std::thread::sleep(std::time::Duration::from_secs(3));
     azurite.restart();
     let first = backup.wait_with_output().unwrap();
-    let first_err = text(&first.stderr);
-    // Either the retries carried it through, or it failed saying why; never a half snapshot.
-    assert!(first.status.success() || first_err.contains("127.0.0.1"), "{first_err}");
+    assert!(first.status.success(), "{}", text(&first.stderr));
     let verified = ok(sv(&config, &shared_key()).args(["verify", "--read-data"]));
-    assert!(!verified.contains("BROKEN"), "{verified}");
-    let snapshots_before = ok(sv(&config, &shared_key()).arg("snapshots"));
+    assert!(verified.contains("1 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
 
-    let again = ok(sv(&config, &shared_key()).arg("backup"));
+    // A long one (the endpoint stays away past `retry_for`): the run fails saying where and that the
+    // next run resumes, and stores no snapshot.
+    std::fs::create_dir_all(data.join("second")).unwrap();
+    make_fixture(&data.join("second"), 160, 50);
+    let stored_before = du(&azurite.data);
+    let backup = sv(&config, &shared_key()).env("STACKVAULT_REPOSITORY_AZURE_RETRY_FOR", "4s").arg("backup").stdout(piped()).stderr(piped()).spawn().unwrap();
+    until_stored(&azurite, stored_before, 60 << 20);
+    azurite.stop();
+    let failed = backup.wait_with_output().unwrap();
+    azurite.restart();
+    let stderr = text(&failed.stderr);
+    assert!(!failed.status.success(), "the run succeeded with its target gone:\n{}", text(&failed.stdout));
+    assert!(stderr.contains("cannot reach") && stderr.contains("127.0.0.1") && stderr.contains("resumes"), "{stderr}");
     let verified = ok(sv(&config, &shared_key()).args(["verify", "--read-data"]));
-    assert!(!verified.contains("BROKEN"), "{verified}");
+    assert!(verified.contains("1 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
+
+    // The next run stores only what the failed one had not: at most a pack (32 MiB) in flight more.
+    let again = ok(sv(&config, &shared_key()).arg("backup"));
     let resumed = stored_bytes(&config, &shared_key());
-    if first.status.success() {
-        assert!(snapshots_before.contains("1 snapshots"), "{snapshots_before}");
-        assert!(resumed < 1 << 20, "a run after a complete one stored {resumed} bytes\n{again}");
-    } else {
-        // Only what the killed run had not stored: at most one pack (32 MiB) more than the rest.
-        assert!(snapshots_before.contains("0 snapshots"), "{snapshots_before}");
-        assert!(resumed < 160 << 20, "the resumed run stored {resumed} bytes, as much as a full one\n{again}");
-    }
+    assert!(resumed < (160 - 60 + 32) << 20, "the resumed run stored {resumed} bytes of 160 MiB\n{again}");
+    let verified = ok(sv(&config, &shared_key()).args(["verify", "--read-data"]));
+    assert!(verified.contains("2 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
     azurite.stop();
     let _ = std::fs::remove_dir_all(&work);
 }

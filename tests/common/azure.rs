@@ -45,15 +45,15 @@ impl Server {
         (Server { child }, line)
     }
 
-    fn stop(&mut self, signal: &str) {
-        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+    fn stop(&mut self, signal: libc::c_int) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         let _ = self.child.wait();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop("-KILL");
+        self.stop(libc::SIGKILL);
     }
 }
 
@@ -88,7 +88,7 @@ impl Azurite {
     /// blobs it had acknowledged, a fault of the emulator that a real account does not have).
     pub fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
-            server.stop("-TERM");
+            server.stop(libc::SIGTERM);
         }
     }
 

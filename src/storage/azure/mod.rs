@@ -25,7 +25,7 @@ use azure_storage_blob::{BlobClient, BlobClientOptions, BlobContainerClient, Blo
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Key, ObjectInfo, ObjectKind, ObjectReader, ObjectWriter, Storage, StorageError};
-use crate::config::{AzureConfig, AzureCredential, Immutability, LockMode};
+use crate::config::{AzureConfig, Immutability, LockMode};
 use auth::{Credential, Signer};
 
 /// Azure accepts per-blob retention of up to this many days.
@@ -36,6 +36,7 @@ const MEMORY_SPOOL: usize = 4 << 20;
 /// Block size and how many blocks are in flight: memory per upload is about their product.
 const BLOCK: usize = 4 << 20;
 const BLOCKS_IN_FLIGHT: usize = 4;
+const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
 /// Lock extensions and other per-object requests in flight.
 const REQUESTS_IN_FLIGHT: usize = 16;
 
@@ -78,6 +79,10 @@ impl AzureStorage {
             return Err(refused(format!("repository.azure.immutability.days is {}: it must be between 1 and {MAX_DAYS}", config.immutability.days)));
         }
         let credential = auth::resolve(config).map_err(refused)?;
+        // An expired token, or one that cannot even read, is told before any request.
+        if let Signer::Sas(sas) = &credential.signer {
+            sas.check(&credential.origin, false).map_err(|message| StorageError::Denied { location: "repository.azure".into(), message })?;
+        }
         let mut container_url = credential.endpoint.clone();
         container_url.path_segments_mut().map_err(|()| refused("repository.azure.endpoint cannot hold a path".into()))?.pop_if_empty().push(container);
         let prefix = match config.prefix.trim_matches('/') {
@@ -93,11 +98,11 @@ impl AzureStorage {
         let mut client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
             // Timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter, honouring
-            // Retry-After; two minutes in all before a run gives up (and the next one resumes).
+            // Retry-After, for `retry_for` in all before a run gives up (and the next one resumes).
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(500),
-                max_retries: 12,
-                max_total_elapsed: azure_core::time::Duration::minutes(2),
+                max_retries: 30,
+                max_total_elapsed: azure_core::time::Duration::try_from(config.retry_for.unwrap_or(DEFAULT_RETRY_FOR)).unwrap_or(azure_core::time::Duration::minutes(2)),
                 max_delay: azure_core::time::Duration::seconds(20),
             }),
             ..Default::default()
@@ -228,24 +233,26 @@ impl Inner {
                         message: format!("the container does not exist in account {}: create it (with version-level immutability) or correct repository.azure.container", self.credential.account),
                     },
                     (StatusCode::NotFound, _) => StorageError::NotFound { location },
-                    (StatusCode::Forbidden, "AuthenticationFailed") | (StatusCode::Unauthorized, _) => StorageError::Denied {
-                        location,
-                        message: match self.credential.kind {
-                            AzureCredential::SharedKey | AzureCredential::ConnectionString if matches!(self.credential.signer, Signer::SharedKey(_)) => format!(
-                                "{doing}: Azure refused the account key of {} from {credential} (AuthenticationFailed): put the account's current key1 or key2 there (keys may have been rotated)",
-                                self.credential.account
-                            ),
-                            AzureCredential::Sas | AzureCredential::ConnectionString => format!(
-                                "{doing}: Azure refused the SAS token from {credential} (AuthenticationFailed): it has expired, was revoked, or is for another account or container: issue a new one"
-                            ),
-                            _ => format!("{doing}: Azure refused the token of {credential} (AuthenticationFailed): check the identity's tenant and that it is enabled"),
-                        },
-                    },
-                    (StatusCode::Forbidden, _) => StorageError::Denied {
+                    (StatusCode::Forbidden, code) if code.starts_with("Authorization") && code.ends_with("Mismatch") => StorageError::Denied {
                         location,
                         message: format!(
                             "{doing}: {credential} is not allowed to do this ({code}): a SAS needs the permissions read, list, create and write (sp=rlcw) on this container; an identity needs the role \"Storage Blob Data Contributor\" on it, or a custom role with read, write and immutability-policy actions (README, \"Azure Blob Storage\")"
                         ),
+                    },
+                    // Anything else refused is the credential itself (a wrong or rotated key, an expired
+                    // or revoked SAS, a disabled identity), or access to the account closed to it.
+                    (StatusCode::Forbidden | StatusCode::Unauthorized, code) => StorageError::Denied {
+                        location,
+                        message: match &self.credential.signer {
+                            Signer::SharedKey(_) => format!(
+                                "{doing}: Azure refused the account key of {} from {credential} ({code}): put the account's current key1 or key2 there (keys may have been rotated), and check that the account allows key access from here",
+                                self.credential.account
+                            ),
+                            Signer::Sas(_) => format!(
+                                "{doing}: Azure refused the SAS token from {credential} ({code}): it has expired, was revoked, or is for another account or container: issue a new one"
+                            ),
+                            Signer::Token(_) => format!("{doing}: Azure refused the token of {credential} ({code}): check the identity's tenant, that it is enabled, and its role on the container"),
+                        },
                     },
                     (status, _) if status == StatusCode::TooManyRequests || status == StatusCode::RequestTimeout || u16::from(status) >= 500 => {
                         StorageError::Unavailable { location, message: format!("{doing}: Azure kept answering {} {code} after retries; the next run resumes where this one stopped", u16::from(status)) }
