@@ -138,6 +138,11 @@ impl AgentLink {
 }
 
 fn main() -> ExitCode {
+    // glibc raises its mmap threshold after a large buffer is freed and from then on keeps such
+    // buffers in per-thread arenas: uploading 570 MiB peaked at 129 MiB RSS, 74 MiB with one arena.
+    // A fixed threshold (above the 1 MiB pieces the data path recycles) hands them back at once.
+    // SAFETY: called before any other thread exists; mallopt only sets a malloc parameter.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20) };
     let cli = Cli::parse();
     if let Command::Agent { action } = &cli.command {
         // No runtime, no configuration: the agent only moves a tree through a pipe.

@@ -75,6 +75,11 @@ impl AzureStorage {
         let container = config.container.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
             refused("repository.azure.container is not set: name the blob container (STACKVAULT_REPOSITORY_AZURE_CONTAINER)".into())
         })?;
+        if !valid_container_name(container) {
+            return Err(refused(format!(
+                "repository.azure.container {container:?} is not a container name: 3 to 63 lower-case letters, digits and single hyphens, starting and ending with a letter or digit"
+            )));
+        }
         if !(1..=MAX_DAYS).contains(&config.immutability.days) {
             return Err(refused(format!("repository.azure.immutability.days is {}: it must be between 1 and {MAX_DAYS}", config.immutability.days)));
         }
@@ -153,10 +158,15 @@ impl Inner {
     /// another runtime, where `block_on` would panic).
     fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        self.runtime.as_ref().expect("runtime lives until drop").spawn(async move {
+        self.spawn(async move {
             let _ = done.send(future.await);
         });
         result.recv().expect("the storage runtime finishes what it starts")
+    }
+
+    /// Starts a future on this target's runtime without waiting for it.
+    fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.as_ref().expect("runtime lives until drop").spawn(future);
     }
 
     fn blob_name(&self, key: &Key) -> String {
@@ -282,6 +292,16 @@ pub fn lock_until(at: SystemTime, days: u32) -> SystemTime {
     const DAY: u64 = 86_400;
     let seconds = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + u64::from(days) * DAY;
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.div_ceil(DAY) * DAY)
+}
+
+/// Azure's rule for container names ("Naming and referencing containers, blobs, and metadata").
+fn valid_container_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+        && !name.contains("--")
 }
 
 fn is_conflict(error: &azure_core::Error) -> bool {
@@ -481,5 +501,15 @@ mod tests {
         let later = at + Duration::from_secs(3 * 3600);
         assert_eq!(lock_until(at, 180), lock_until(later, 180));
         assert_eq!(lock_until(at, 180), SystemTime::UNIX_EPOCH + Duration::from_secs(20_181 * 86_400));
+    }
+
+    #[test]
+    fn container_names_follow_azure_rules() {
+        for good in ["backups", "acme-calls-2026", "abc"] {
+            assert!(valid_container_name(good), "{good}");
+        }
+        for bad in ["c1", "Backups", "-backups", "backups-", "back--ups", "back_ups", &"a".repeat(64)] {
+            assert!(!valid_container_name(bad), "{bad}");
+        }
     }
 }

@@ -134,7 +134,7 @@ pub async fn upload(
                 let bytes = body.block(start, (start + BLOCK as u64).min(len)).await.map_err(|e| StorageError::from_io(&location, e))?;
                 let size = bytes.len() as u64;
                 let options = BlockBlobClientStageBlockOptions { transactional_content_md5: Some(Md5::digest(&bytes).to_vec()), ..Default::default() };
-                client.stage_block(&id, size, RequestContent::from(bytes.to_vec()), Some(options)).await.map_err(Staging::Sdk)?;
+                client.stage_block(&id, size, bytes.into(), Some(options)).await.map_err(Staging::Sdk)?;
                 crate::storage::count_sent(size);
                 Ok::<_, Staging>(())
             }
