@@ -301,3 +301,28 @@ fn an_endpoint_that_goes_away_mid_upload_leaves_no_snapshot_referencing_a_missin
     azurite.stop();
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn https_verifies_the_endpoint_against_the_ca_certificates_and_an_unknown_issuer_fails_at_once() {
+    let work = scratch("az-tls");
+    let (azurite, ca) = Azurite::start_tls(&work.join("azurite"));
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("call.wav"), vec![5u8; 6 << 20]).unwrap();
+    let config = write_config(
+        &work,
+        &format!("stack: t\npaths: [{}]\nrepository:\n  azure:\n{}cache_dir: {}\n", data.display(), azurite_repository(&azurite.endpoint(), "tls"), work.join("cache").display()),
+    );
+    // The test's CA, as a deployment with its own CA would give it (rustls reads SSL_CERT_FILE).
+    ok(sv(&config, &shared_key()).env("SSL_CERT_FILE", &ca).arg("init"));
+    ok(sv(&config, &shared_key()).env("SSL_CERT_FILE", &ca).arg("backup"));
+    assert!(ok(sv(&config, &shared_key()).env("SSL_CERT_FILE", &ca).args(["verify", "--read-data"])).contains("1 snapshots checked"));
+    // Without it the issuer is unknown: no retries for two minutes, a message that says TLS.
+    let started = std::time::Instant::now();
+    let out = run(sv(&config, &shared_key()).env_remove("SSL_CERT_FILE").arg("backup"));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("TLS with the endpoint failed") && stderr.contains("UnknownIssuer") && stderr.contains("SSL_CERT_FILE"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "a certificate failure was retried for {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&work);
+}

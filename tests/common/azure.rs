@@ -60,14 +60,32 @@ impl Drop for Server {
 pub struct Azurite {
     pub port: u16,
     pub data: PathBuf,
+    /// The server's certificate and key, for HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
     server: Option<Server>,
 }
 
 impl Azurite {
     pub fn start(data: &Path) -> Azurite {
-        let mut azurite = Azurite { port: free_port(), data: data.to_path_buf(), server: None };
+        let mut azurite = Azurite { port: free_port(), data: data.to_path_buf(), tls: None, server: None };
         azurite.launch();
         azurite
+    }
+
+    /// Azurite over HTTPS with a certificate for 127.0.0.1 signed by a CA of the test's own; returns
+    /// the CA certificate's path (for SSL_CERT_FILE).
+    pub fn start_tls(data: &Path) -> (Azurite, PathBuf) {
+        let dir = data.with_extension("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| super::ok(Command::new("openssl").current_dir(&dir).args(args).stderr(Stdio::null()));
+        openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=stackvault-test-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]);
+        std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext"]);
+        let mut azurite = Azurite { port: free_port(), data: data.to_path_buf(), tls: Some((dir.join("leaf.pem"), dir.join("leaf.key"))), server: None };
+        azurite.launch();
+        (azurite, dir.join("ca.pem"))
     }
 
     fn launch(&mut self) {
@@ -77,11 +95,14 @@ impl Azurite {
             .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
             .arg("--location")
             .arg(&self.data);
+        if let Some((cert, key)) = &self.tls {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
         self.server = Some(Server::start(&mut command, "successfully listens").0);
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        format!("{}://127.0.0.1:{}/{ACCOUNT}", if self.tls.is_some() { "https" } else { "http" }, self.port)
     }
 
     /// Stops Azurite (SIGTERM: Azurite saves its metadata on the way out; after SIGKILL it can lose

@@ -95,6 +95,8 @@ impl AzureStorage {
             folder => format!("{folder}/"),
         };
 
+        // TLS by rustls with ring (the HTTP clients of the SDK and of azure_identity use it too).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
@@ -112,6 +114,8 @@ impl AzureStorage {
             }),
             ..Default::default()
         };
+        // First among the per-try policies, so that it sees what the transport answered.
+        client_options.per_try_policies.push(Arc::new(CertificateErrorsAreFinal));
         let token = match &credential.signer {
             Signer::SharedKey(policy) => {
                 client_options.per_try_policies.push(policy.clone());
@@ -233,7 +237,7 @@ impl Inner {
     fn failure(&self, doing: &str, location: &str, error: azure_core::Error) -> StorageError {
         let location = location.to_string();
         let credential = format!("{} ({})", auth::kind_name(self.credential.kind), self.credential.origin);
-        let detail = auth::redact(&error.to_string());
+        let detail = auth::redact(&causes(&error));
         match error.kind() {
             azure_core::error::ErrorKind::HttpResponse { status, error_code, .. } => {
                 let code = error_code.clone().unwrap_or_default();
@@ -292,6 +296,66 @@ pub fn lock_until(at: SystemTime, days: u32) -> SystemTime {
     const DAY: u64 = 86_400;
     let seconds = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + u64::from(days) * DAY;
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.div_ceil(DAY) * DAY)
+}
+
+/// A TLS certificate that does not verify will not verify on a retry either: the SDK's retry policy
+/// retries every connection error, so this turns those into a final error (two minutes of retries
+/// otherwise, measured, before the same message).
+#[derive(Debug)]
+struct CertificateErrorsAreFinal;
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for CertificateErrorsAreFinal {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        match next[0].send(ctx, request, &next[1..]).await {
+            Err(e) if matches!(e.kind(), azure_core::error::ErrorKind::Io | azure_core::error::ErrorKind::Connection) && is_tls_failure(&e) => {
+                Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Other,
+                    format!(
+                        "TLS with the endpoint failed: {}; check repository.azure.endpoint and the CA certificates (the system's, or SSL_CERT_FILE)",
+                        auth::redact(&causes(&e))
+                    ),
+                ))
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // An io::Error's `source` skips the error it wraps: look at that one itself.
+        source = match cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
+    }
+    false
+}
+
+/// An error with its causes ("retry policy expired: error sending request: invalid peer certificate"):
+/// the first line alone rarely says what happened.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Azure's rule for container names ("Naming and referencing containers, blobs, and metadata").
