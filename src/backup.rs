@@ -12,17 +12,18 @@ use tokio::runtime::Handle;
 
 use crate::archiver::{ArchiveError, Archiver, CacheLink, Finished};
 use crate::cache::{CacheCursor, FilesCache};
-use crate::config::Config;
+use crate::config::{Config, ImagesMode};
 use crate::docker::discover::{discover, MountSource};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::docker::quiesce::{run_hooks, Hook, Phase, Stopped};
-use crate::repo::format::{SourceKind, SourceRecord, Summary};
+use crate::repo::format::{ImageRecord, SourceKind, SourceRecord, Summary};
 use crate::repo::index::KnownPacks;
 use crate::repo::{Id, Index, RepoError, Repository, Snapshot};
 use crate::source::exclude::{Excluded, RuleSet, Rules, CACHE_TAG_ORIGIN, CACHE_TAG_RULE};
 use crate::source::walk::WalkOptions;
 use crate::source::dump::{self, DumpStream, DumpTarget};
+use crate::source::stream::ByteStream;
 use crate::source::wire::{EventReader, EventWriter};
 use crate::source::{walk, ChannelSink, ChannelSource, Event, EventSource};
 use crate::Error;
@@ -98,13 +99,15 @@ struct Plan {
     skipped: Vec<String>,
     stop: Vec<String>,
     hooks: Vec<Hook>,
+    /// The selected containers, by name (less this sidecar's own), whose definition a snapshot keeps.
+    containers: Vec<String>,
 }
 
 async fn plan(config: &Config) -> Result<Plan, Error> {
     let mut sources = Vec::new();
     let mut skipped = Vec::new();
     let mut engine = None;
-    let (mut dumps, mut stop, mut hooks) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dumps, mut stop, mut hooks, mut containers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if config.docker.select.is_set() {
         let started = Engine::start(config).await?;
         let found = discover(&started.docker, &config.docker.select).await?;
@@ -117,13 +120,19 @@ async fn plan(config: &Config) -> Result<Plan, Error> {
         skipped = found.skipped;
         sources.extend(found.sources.into_iter().map(Planned::Mount));
         (dumps, stop, hooks) = (found.dumps, found.stop, found.hooks);
+        for name in found.containers {
+            let inspected = started.docker.inspect_container(&name, None).await.map_err(crate::docker::DockerError::api(format!("inspecting container {name}")))?;
+            if inspected.id.as_deref() != started.own_id() {
+                containers.push(name);
+            }
+        }
         engine = Some(started);
     }
     sources.extend(config.paths.iter().cloned().map(Planned::Path));
     if sources.is_empty() && dumps.is_empty() {
         return Err(Error::Usage("nothing to back up: set docker.select (project or label) or paths in the configuration".into()));
     }
-    Ok(Plan { engine, dumps, sources, skipped, stop, hooks })
+    Ok(Plan { engine, dumps, sources, skipped, stop, hooks, containers })
 }
 
 pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
@@ -133,13 +142,29 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
     let target_notes = repo.storage.check_writable(false)?;
-    let Plan { engine, dumps, sources: planned, skipped, stop, hooks } = plan(config).await?;
+    let Plan { engine, dumps, sources: planned, skipped, stop, hooks, containers } = plan(config).await?;
     if !dumps.is_empty() && repo.config.version < 3 {
         return Err(Error::Usage(format!(
             "the repository is in format version {}; database dumps need version 3: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
             repo.config.version
         )));
     }
+    if config.images == ImagesMode::Include && repo.config.version < 4 {
+        return Err(Error::Usage(format!(
+            "the repository is in format version {}; images: include needs version 4: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
+            repo.config.version
+        )));
+    }
+    // The stack's definition, taken before anything is stopped (a stopped container's state would say so).
+    let mut target_notes = target_notes;
+    let definition = match &engine {
+        Some(engine) if repo.config.version >= 4 => Some(crate::stack::definition::capture(&engine.docker, &containers).await?),
+        Some(_) => {
+            target_notes.push(format!("the repository is in format version {}: snapshots keep no stack definition (whole-stack restore needs version 4): run `stackvault migrate`", repo.config.version));
+            None
+        }
+        None => None,
+    };
     // Reported with the run: an earlier run was killed while they were stopped.
     let restarted: Vec<String> = engine.iter().flat_map(|e| e.restarted.iter())
         .map(|c| format!("started again container {c}, which a killed run had left stopped for its backup")).collect();
@@ -154,6 +179,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
 
     let handle = Handle::current();
     let recipients = config.encryption.recipients.clone();
+    let (stack_name, images) = (stack.clone(), config.images);
     let hostname = crate::hostname();
     let config = config.clone();
     let work_engine = engine.clone();
@@ -169,6 +195,30 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
+        if let (Some(definition), Some(engine)) = (&definition, engine.as_deref()) {
+            let json = serde_json::to_vec_pretty(definition).expect("a stack definition serializes");
+            let mut stream = ByteStream::new(std::io::Cursor::new(json), "the stack's definition");
+            let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source("stack definition", e))?;
+            let mut record = SourceRecord::new(SourceKind::Stack, stack_name.clone(), archived.root);
+            record.bytes = archived.stats.bytes;
+            records.push(record);
+            routes.push(format!("{} containers inspected", definition.containers.len()));
+            if images == ImagesMode::Include {
+                for image in &definition.images {
+                    let shown = format!("image {}", image.reference);
+                    // By reference where it still names this image, so that loading it restores the tag.
+                    let by_reference = handle.block_on(engine.docker.inspect_image(&image.reference)).ok().and_then(|i| i.id) == Some(image.id.clone());
+                    let name = if by_reference { &image.reference } else { &image.id };
+                    let mut stream = ByteStream::new(crate::source::image::export(&handle, &engine.docker, name), &shown);
+                    let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
+                    let mut record = SourceRecord::new(SourceKind::Image, image.reference.clone(), archived.root);
+                    record.bytes = archived.stats.bytes;
+                    record.image = Some(ImageRecord { id: image.id.clone(), reference: image.reference.clone() });
+                    records.push(record);
+                    routes.push("exported by the engine".into());
+                }
+            }
+        }
         // Databases first, while every server runs.
         for target in &dumps {
             let engine = engine.as_deref().expect("dumps come from Docker");
@@ -227,6 +277,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                 exclude_rules: in_force,
                 excluded: archived.excluded,
                 dump: None,
+                image: None,
             });
             caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
@@ -313,7 +364,7 @@ pub struct DryRun {
 
 pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
     let repo = crate::open_repository(config)?;
-    let Plan { engine, sources, skipped, dumps, stop, hooks } = plan(config).await?;
+    let Plan { engine, sources, skipped, dumps, stop, hooks, .. } = plan(config).await?;
     let mut actions = Vec::new();
     for hook in hooks.iter().filter(|h| h.pre.is_some()) {
         actions.push(format!("run the pre hook of container {}", hook.container));

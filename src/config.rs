@@ -55,9 +55,21 @@ pub struct Config {
     /// Leave out directories tagged with a CACHEDIR.TAG (all but the tag); on unless set to false.
     #[serde(default)]
     pub exclude_caches: Option<bool>,
+    /// `include`: each snapshot also holds the containers' images (a host without registry access
+    /// can be restored); `reference` (default): only their references and ids, and restore pulls.
+    #[serde(default)]
+    pub images: ImagesMode,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagesMode {
+    #[default]
+    Reference,
+    Include,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -322,6 +334,9 @@ impl Config {
                 }
                 "STACKVAULT_DOCKER_STREAM" => self.docker.stream = value.parse().map_err(env_err)?,
                 "STACKVAULT_PATHS" => self.paths = list().map(PathBuf::from).collect(),
+                "STACKVAULT_IMAGES" => {
+                    self.images = serde_yaml_ng::from_str(&value).map_err(|_| env_err(format!("{value:?} is not include or reference")))?
+                }
                 "STACKVAULT_CACHE_DIR" => self.cache_dir = Some(PathBuf::from(&value)),
                 "STACKVAULT_STATE_DIR" => self.state_dir = Some(PathBuf::from(&value)),
                 "STACKVAULT_EXCLUDE" => {

@@ -1,6 +1,6 @@
 //! stackvault: a backup sidecar for Docker Compose stacks. The data flows discover (`docker`) → read
 //! sources (`source`) → chunk and pack (`archiver`, `repo`) → encrypt (`repo::crypt`) → store
-//! (`storage`) → verify / restore. Each user command is one module with one entry point.
+//! (`storage`) → verify / restore; the stack's definition and its restore plan live in `stack`. Each user command is one module with one entry point.
 
 pub mod agent;
 pub mod archiver;
@@ -12,6 +12,7 @@ pub mod docker;
 pub mod repo;
 pub mod restore;
 pub mod source;
+pub mod stack;
 pub mod storage;
 pub mod verify;
 

@@ -57,9 +57,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
         /// Restore only this: `db:NAME` (a database, or a compose service or container whose dumps
-        /// are all restored) or `volume:NAME`; may be repeated
+        /// are all restored), `volume:NAME`, or `container:NAME` (re-created from the stack's
+        /// definition); may be repeated
         #[arg(long, value_name = "WHAT")]
         only: Vec<String>,
+        /// The Docker engine to restore the stack onto (unix:///… or tcp://…) [default: docker.host]
+        #[arg(long, value_name = "URL")]
+        docker_host: Option<String>,
+        /// Print what the restore would create, load and start, in which order, and what exists already;
+        /// change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore the stack under this compose project name, beside the original (names, labels,
+        /// volumes and networks renamed; bind mounts moved below state_dir/restored/NEW)
+        #[arg(long, value_name = "NEW")]
+        project: Option<String>,
+        /// Stop and remove containers of the same names first, and overwrite their volumes
+        #[arg(long)]
+        replace: bool,
     },
     /// Check that every snapshot's objects are present and intact
     Verify {
@@ -287,11 +302,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{} snapshots", snapshots.len());
             }
         }
-        Command::Restore { snapshot, identity, force, to, only } => {
+        Command::Restore { snapshot, identity, force, to, only, docker_host, dry_run, project, replace } => {
             let config = Config::load(config_path)?;
             let only = only.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-            let options = RestoreOptions { snapshot, identity, force, to, only };
+            let options = RestoreOptions { snapshot, identity, force, to, only, docker_host, dry_run, project, replace };
             let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await??;
+            if dry_run {
+                println!("plan for snapshot {} (dry run: nothing was changed):", outcome.snapshot);
+                for line in &outcome.plan {
+                    println!("  {line}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for line in outcome.plan.iter().filter(|l| l.starts_with("note:")) {
+                println!("{line}");
+            }
+            for (container, state) in &outcome.containers {
+                println!("container {container}: {state}");
+            }
             for restored in &outcome.restored {
                 println!("restored {} -> {}", restored.source, restored.destination);
                 for warning in &restored.warnings {

@@ -22,6 +22,7 @@ use crate::source::wire::EventWriter;
 use crate::source::{Event, EventSource, Meta, SourceError};
 use crate::Error;
 
+#[derive(Default)]
 pub struct RestoreOptions {
     pub snapshot: String,
     pub identity: Option<PathBuf>,
@@ -31,14 +32,24 @@ pub struct RestoreOptions {
     pub to: Option<PathBuf>,
     /// Restore only these sources (all when empty).
     pub only: Vec<Only>,
+    /// The engine to restore the stack onto, instead of docker.host.
+    pub docker_host: Option<String>,
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// Restore the stack under this compose project name, beside the original.
+    pub project: Option<String>,
+    /// Stop and remove containers of the same names first, and overwrite their volumes.
+    pub replace: bool,
 }
 
-/// `--only db:NAME` or `--only volume:NAME`.
+/// `--only db:NAME`, `--only volume:NAME` or `--only container:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Only {
     /// A database name, or a compose service or container whose dumps are all restored.
     Db(String),
     Volume(String),
+    /// A container of the stack's definition, re-created (with what it mounts and loads).
+    Container(String),
 }
 
 impl std::str::FromStr for Only {
@@ -47,7 +58,8 @@ impl std::str::FromStr for Only {
         match text.split_once(':') {
             Some(("db", name)) if !name.is_empty() => Ok(Only::Db(name.to_string())),
             Some(("volume", name)) if !name.is_empty() => Ok(Only::Volume(name.to_string())),
-            _ => Err(format!("--only {text:?}: write db:NAME (a database, compose service or container) or volume:NAME")),
+            Some(("container", name)) if !name.is_empty() => Ok(Only::Container(name.to_string())),
+            _ => Err(format!("--only {text:?}: write db:NAME (a database, compose service or container), volume:NAME or container:NAME")),
         }
     }
 }
@@ -59,7 +71,7 @@ impl Only {
             (Only::Db(name), Some(dump)) => {
                 [dump.database.as_ref(), dump.service.as_ref(), Some(&dump.container), Some(&source.name)].into_iter().flatten().any(|n| n == name)
             }
-            (Only::Db(_), None) => false,
+            (Only::Db(_), None) | (Only::Container(_), _) => false,
         }
     }
 }
@@ -73,17 +85,38 @@ pub struct RestoredSource {
 pub struct RestoreOutcome {
     pub snapshot: Id,
     pub restored: Vec<RestoredSource>,
+    /// A whole-stack restore's plan, as carried out (or, with `--dry-run`, not).
+    pub plan: Vec<String>,
+    /// Each container started, and how it ended up ("healthy", "running").
+    pub containers: std::collections::BTreeMap<String, String>,
 }
 
 pub async fn restore(config: &Config, options: RestoreOptions) -> Result<RestoreOutcome, Error> {
     let repo = crate::open_repository(config)?;
     let (snapshot_id, snapshot) = repo.find_snapshot(&options.snapshot)?;
     let identities = options.identity.as_deref().map(Identities::load).transpose()?;
+    let containers_only: Vec<&str> = options.only.iter().filter_map(|o| if let Only::Container(c) = o { Some(c.as_str()) } else { None }).collect();
+    let whole_stack = options.to.is_none() && (options.only.is_empty() || !containers_only.is_empty()) && snapshot.sources.iter().any(|s| s.kind == SourceKind::Stack);
+    if whole_stack {
+        return crate::stack::restore::restore(config, repo, snapshot_id, snapshot, identities, options).await;
+    }
+    if options.dry_run || options.project.is_some() || options.replace || !containers_only.is_empty() {
+        return Err(Error::Usage(format!(
+            "--dry-run, --project, --replace and --only container: restore a whole stack, and snapshot {snapshot_id} keeps no stack definition (taken from paths only, or in a repository older than format version 4)"
+        )));
+    }
     if let Some(unmatched) = options.only.iter().find(|only| !snapshot.sources.iter().any(|s| only.matches(s))) {
         let has: Vec<String> = snapshot.sources.iter().map(|s| s.label()).collect();
         return Err(Error::Usage(format!("--only {unmatched:?} matches nothing in snapshot {snapshot_id}; it holds: {}", has.join(", "))));
     }
-    let mut selected: Vec<SourceRecord> = snapshot.sources.iter().filter(|s| options.only.is_empty() || options.only.iter().any(|only| only.matches(s))).cloned().collect();
+    // Without a stack to re-create, its definition and images have no place to go.
+    let mut selected: Vec<SourceRecord> = snapshot
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.kind, SourceKind::Stack | SourceKind::Image))
+        .filter(|s| options.only.is_empty() || options.only.iter().any(|only| only.matches(s)))
+        .cloned()
+        .collect();
     // Files and volumes first, databases after: a server whose data volume was restored can be running by then.
     selected.sort_by_key(|s| s.kind == SourceKind::Dump);
     let needs_docker = options.to.is_none() && selected.iter().any(|s| s.kind != SourceKind::Path);
@@ -107,7 +140,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
                 Some(dest) => (dest.display().to_string(), restore_local(&mut reader, snapshot_id, source, &dest, options.force)?),
                 None if source.kind == SourceKind::Dump => {
                     let engine = engine.as_ref().expect("connected for dump sources");
-                    restore_dump(&handle, engine, &mut reader, snapshot_id, source, options.force)?
+                    restore_dump(&handle, engine, &mut reader, snapshot_id, source, options.force, None)?
                 }
                 None => {
                     let engine = engine.as_ref().expect("connected for mount sources");
@@ -116,7 +149,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
             };
             restored.push(RestoredSource { source: shown, destination, warnings: report });
         }
-        Ok(RestoreOutcome { snapshot: snapshot_id, restored })
+        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: Vec::new(), containers: Default::default() })
     })
     .await
     .expect("restore thread panicked");
@@ -126,13 +159,25 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     restored
 }
 
-/// Loads a dump back into its database server: the container of the same compose service and
-/// project when one runs, else the container of the same name. Returns where it went, and notes.
-fn restore_dump(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, force: bool) -> Result<(String, Vec<String>), Error> {
+/// Loads a dump back into its database server: `server` where given, else the container of the same
+/// compose service and project when one runs, else the container of the same name. Returns where it
+/// went, and notes.
+pub(crate) fn restore_dump(
+    handle: &Handle,
+    engine: &Engine,
+    reader: &mut BlobReader,
+    snapshot: Id,
+    source: &SourceRecord,
+    force: bool,
+    server: Option<&str>,
+) -> Result<(String, Vec<String>), Error> {
     let shown = source.label();
     let record = source.dump.as_ref().expect("a dump source has its record");
     let docker = &engine.docker;
-    let container = handle.block_on(find_server(docker, record)).map_err(|e| Error::source(&shown, e))?;
+    let container = match server {
+        Some(server) => server.to_string(),
+        None => handle.block_on(find_server(docker, record)).map_err(|e| Error::source(&shown, e))?,
+    };
     let inspected = handle.block_on(docker.inspect_container(&container, None)).map_err(crate::docker::DockerError::api(format!("inspecting container {container}")))?;
     let config = inspected.config.unwrap_or_default();
     let (labels, env) = (config.labels.unwrap_or_default(), config.env.unwrap_or_default());
@@ -209,7 +254,7 @@ fn is_single_file(source: &SourceRecord) -> bool {
     source.root.kind == crate::source::EntryKind::File
 }
 
-fn restore_local(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, dest: &Path, force: bool) -> Result<Vec<String>, Error> {
+pub(crate) fn restore_local(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, dest: &Path, force: bool) -> Result<Vec<String>, Error> {
     let shown = &source.label();
     let folder = if is_single_file(source) { dest.parent().unwrap_or(Path::new("/")) } else { dest };
     std::fs::create_dir_all(folder).map_err(|e| Error::source(shown, SourceError::io(folder.display(), e)))?;
@@ -218,7 +263,7 @@ fn restore_local(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, d
     Ok(report.warnings)
 }
 
-fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, force: bool) -> Result<Vec<String>, Error> {
+pub(crate) fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snapshot: Id, source: &SourceRecord, force: bool) -> Result<Vec<String>, Error> {
     let docker = &engine.docker;
     let shown = &source.label();
     if source.kind == SourceKind::Volume {
@@ -290,7 +335,7 @@ fn restore_mount(handle: &Handle, engine: &Engine, reader: &mut BlobReader, snap
 /// One source of a snapshot as the event stream it was archived from, reading blobs on demand. The
 /// walk checks every rule of the format; a file's content must add up to its size before its end (and
 /// so its final metadata) is sent.
-struct TreeReplay<'r, 'a> {
+pub(crate) struct TreeReplay<'r, 'a> {
     walk: SnapshotWalk<'r, 'a>,
     file: Option<OpenFile>,
     /// Set when the repository is at fault, so the caller reports that, not the consumer's reaction.
@@ -305,11 +350,11 @@ struct OpenFile {
 }
 
 impl<'r, 'a> TreeReplay<'r, 'a> {
-    fn new(reader: &'r mut BlobReader<'a>, snapshot: Id, source: &SourceRecord) -> Self {
+    pub(crate) fn new(reader: &'r mut BlobReader<'a>, snapshot: Id, source: &SourceRecord) -> Self {
         TreeReplay { walk: SnapshotWalk::new(reader, snapshot, source), file: None, failure: None }
     }
 
-    fn blame(&mut self, error: SourceError, shown: &str) -> Error {
+    pub(crate) fn blame(&mut self, error: SourceError, shown: &str) -> Error {
         match self.failure.take() {
             Some(repo) => Error::Repo(repo),
             None => Error::source(shown, error),

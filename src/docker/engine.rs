@@ -68,6 +68,11 @@ impl Engine {
         &self.agent_image
     }
 
+    /// The id of the container this process runs in, if it runs in one.
+    pub fn own_id(&self) -> Option<&str> {
+        self.own.as_ref().map(|o| o.id.as_str())
+    }
+
     pub fn owner(&self) -> &Owner {
         &self.owner
     }

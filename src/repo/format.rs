@@ -224,6 +224,12 @@ pub enum SourceKind {
     Path,
     /// A database dump (or another program's output) read as a byte stream: its root is one file.
     Dump,
+    /// The stack's definition (containers, networks, volumes, images: `stack::definition`), JSON in
+    /// one file; named after the stack (version 4).
+    Stack,
+    /// A container image as the engine exports it (`docker save`'s tar), in one file; named by its
+    /// reference (version 4).
+    Image,
 }
 
 impl SourceKind {
@@ -233,6 +239,8 @@ impl SourceKind {
             SourceKind::Bind => "bind",
             SourceKind::Path => "path",
             SourceKind::Dump => "dump",
+            SourceKind::Stack => "stack",
+            SourceKind::Image => "image",
         }
     }
 }
@@ -263,6 +271,18 @@ pub struct SourceRecord {
     /// For a `dump` source (and only for one): what was dumped and what the dump said of itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpRecord>,
+    /// For an `image` source (and only for one): the image's id and reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRecord>,
+}
+
+/// Which image an image source holds (docs/FORMAT.md, "Stack and image sources").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecord {
+    /// `sha256:<hex>`, the engine's image id.
+    pub id: String,
+    pub reference: String,
 }
 
 /// What a dump source holds and how to load it back (docs/FORMAT.md, "Dump sources").
@@ -317,6 +337,7 @@ impl SourceRecord {
             exclude_rules: Vec::new(),
             excluded: Vec::new(),
             dump: None,
+            image: None,
         }
     }
 }

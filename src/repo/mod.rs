@@ -20,7 +20,7 @@ pub use index::Index;
 
 /// The repository format version this build creates (docs/FORMAT.md); it reads every version from 1
 /// up to it, and writes into a repository in that repository's version (`migrate` moves it up).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

@@ -152,6 +152,19 @@ pub fn check_snapshot(snapshot: &Snapshot, index: &Index, config: &RepoConfig) -
         if let Some(dump) = &source.dump {
             dump_record_ok(dump).map_err(|e| format!("{}: {e}", source.label()))?;
         }
+        // Stack and image sources came with version 4, single files; an image record is an image's.
+        if (source.kind == SourceKind::Image) != source.image.is_some() {
+            return Err(format!("{}: an image source has an image record, and only an image source", source.label()));
+        }
+        if matches!(source.kind, SourceKind::Stack | SourceKind::Image) && (snapshot.version < 4 || root.kind != EntryKind::File) {
+            return Err(format!("{}: stack and image sources are single files, in manifests of version 4 or later", source.label()));
+        }
+        if let Some(image) = &source.image {
+            let hex = image.id.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !crate::repo::format::is_lower_hex(hex) || image.reference.is_empty() {
+                return Err(format!("{}: the image id must be sha256:<64 hex digits>, with a reference", source.label()));
+            }
+        }
         if snapshot.sources[..i].iter().any(|s| s.kind == source.kind && s.name == source.name) {
             return Err(format!("{} is listed twice", source.label()));
         }

@@ -1,12 +1,15 @@
 //! Sources: where snapshot contents come from. A file tree (a volume, a bind mount, a host path) reaches
 //! the engine as a stream of [`event::Event`]s, produced in-process by [`walk`] or by an agent in a helper
 //! container over its stdout ([`wire`]); restore replays the same events into [`apply`]. A database
-//! dump is a byte stream, read by exec in its server's container ([`dump`]) and archived as one file.
+//! dump is a byte stream, read by exec in its server's container ([`dump`]) and archived as one file;
+//! so are container images ([`image`]) and the stack's definition ([`stream`]).
 
 pub mod apply;
 pub mod dump;
 pub mod event;
 pub mod exclude;
+pub mod image;
+pub mod stream;
 pub mod walk;
 pub mod wire;
 

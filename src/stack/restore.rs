@@ -1,0 +1,247 @@
+//! A whole-stack restore: reads the snapshot's stack definition, asks the target engine what it
+//! holds, plans (`--dry-run` stops there, having changed nothing), and carries the plan out with the
+//! snapshot's data: volumes and bind mounts before the containers that mount them, images before the
+//! containers that run them, each database's dumps once its server runs and before what depends on it
+//! starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptions, ListVolumesOptions};
+use bollard::Docker;
+use tokio::runtime::Handle;
+
+use super::definition::{StackDefinition, MAX_DEFINITION};
+use super::plan::{self, ImageSource, Plan, PlanOptions, TargetState};
+use super::apply;
+use crate::config::Config;
+use crate::docker::engine::Engine;
+use crate::docker::DockerError;
+use crate::repo::crypt::Identities;
+use crate::repo::format::{SourceKind, SourceRecord};
+use crate::repo::pack::BlobReader;
+use crate::repo::tree::check_snapshot;
+use crate::repo::{Id, RepoError, Repository, Snapshot};
+use crate::restore::{restore_dump, restore_local, restore_mount, Only, RestoreOptions, RestoreOutcome, RestoredSource, TreeReplay};
+use crate::source::{Event, EventSource};
+use crate::Error;
+
+pub async fn restore(
+    config: &Config,
+    repo: Repository,
+    snapshot_id: Id,
+    snapshot: Snapshot,
+    identities: Option<Identities>,
+    options: RestoreOptions,
+) -> Result<RestoreOutcome, Error> {
+    let clock = Instant::now();
+    let mut config = config.clone();
+    if let Some(host) = &options.docker_host {
+        config.docker.host = Some(host.clone());
+    }
+    // Read-only until the plan holds: a dry run must change nothing, not even import the agent.
+    let docker = crate::docker::connect(config.docker.host.as_deref()).await?;
+    let target = target_state(&docker).await?;
+    let handle = Handle::current();
+    let (repo, index, definition) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let index = repo.load_index()?;
+        check_snapshot(&snapshot, &index, &repo.config).map_err(|e| RepoError::invalid(&snapshot_id, e))?;
+        let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
+        let source = snapshot.sources.iter().find(|s| s.kind == SourceKind::Stack).expect("a stack source");
+        let definition = read_definition(&mut reader, snapshot_id, source)?;
+        drop(reader);
+        Ok(((repo, snapshot, identities), index, definition))
+    })
+    .await
+    .expect("restore thread panicked")?;
+    let (repo, snapshot, identities) = repo;
+
+    let wanted: Vec<String> = options.only.iter().filter_map(|o| if let Only::Container(c) = o { Some(c.clone()) } else { None }).collect();
+    let definition = narrow(definition, &wanted)?;
+    let images_in_snapshot = snapshot.sources.iter().filter_map(|s| s.image.as_ref().map(|i| i.id.clone())).collect();
+    let project = options.project.clone().or(definition.project.clone()).unwrap_or_else(|| snapshot.stack.clone());
+    let bind_root = config.state_dir().join("restored").join(&project);
+    let plan_options = PlanOptions { project: options.project.as_deref(), replace: options.replace, bind_root: &bind_root, images_in_snapshot };
+    let plan = plan::plan(&definition, &target, &plan_options);
+    let described = plan.describe();
+    if options.dry_run {
+        return Ok(RestoreOutcome { snapshot: snapshot_id, restored: Vec::new(), plan: described, containers: BTreeMap::new() });
+    }
+
+    let engine = Engine::start(&config).await?;
+    let replace = options.replace;
+    let outcome = tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
+        let mut progress = |line: String| println!("{line}");
+        let docker = &engine.docker;
+        apply::prepare(&handle, docker, &plan, &mut progress)?;
+        let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
+        let mut restored = Vec::new();
+        let force = options.force || replace;
+        let narrowed = !wanted.is_empty();
+        for source in &snapshot.sources {
+            let (record, destination) = match source.kind {
+                SourceKind::Volume if plan.volume_names.contains_key(&source.name) => {
+                    let mut record = source.clone();
+                    record.name = plan.volume_names[&source.name].clone();
+                    if let Some(project) = record.volume_labels.get_mut(plan::PROJECT_LABEL) {
+                        *project = plan.project.clone().unwrap_or_default();
+                    }
+                    let shown = format!("volume {}", record.name);
+                    (record, shown)
+                }
+                SourceKind::Bind if !narrowed || plan.containers.iter().any(|c| mounts_bind(c, plan.bind_paths.get(&source.name).unwrap_or(&source.name))) => {
+                    let mut record = source.clone();
+                    record.name = plan.bind_paths.get(&source.name).cloned().unwrap_or_else(|| source.name.clone());
+                    let shown = format!("bind mount {}", record.name);
+                    (record, shown)
+                }
+                // Host paths the sidecar read itself belong to no container: restored in place, as before.
+                SourceKind::Path if !narrowed && options.project.is_none() => {
+                    let warnings = restore_local(&mut reader, snapshot_id, source, std::path::Path::new(&source.name), force)?;
+                    restored.push(RestoredSource { source: source.label(), destination: source.name.clone(), warnings });
+                    continue;
+                }
+                _ => continue,
+            };
+            progress(format!("restoring {} into {destination}", source.label()));
+            let warnings = restore_mount(&handle, &engine, &mut reader, snapshot_id, &record, force)?;
+            restored.push(RestoredSource { source: source.label(), destination, warnings });
+        }
+        load_images(&handle, docker, &mut reader, snapshot_id, &snapshot, &plan, &mut progress)?;
+        apply::pull(&handle, docker, &plan, &mut progress)?;
+        let by_reference = references_that_hold(&handle, docker, &plan);
+        apply::create(&handle, docker, &plan, &by_reference, &mut progress)?;
+        let load_dumps = |server: &str, reader: &mut BlobReader, restored: &mut Vec<RestoredSource>| -> Result<(), Error> {
+            for dump in snapshot.sources.iter().filter(|s| s.dump.as_ref().is_some_and(|d| plan.rename(&d.container) == server)) {
+                progress(format!("loading {} into container {server}", dump.label()));
+                let (destination, warnings) = restore_dump(&handle, &engine, reader, snapshot_id, dump, force, Some(server))?;
+                restored.push(RestoredSource { source: dump.label(), destination, warnings });
+            }
+            Ok(())
+        };
+        // Servers that were kept run already; those created here, once started.
+        for server in &plan.kept {
+            load_dumps(server, &mut reader, &mut restored)?;
+        }
+        for container in plan.containers.iter().filter(|c| c.running) {
+            for wait in plan.waits.get(&container.name).into_iter().flatten() {
+                apply::wait_for(&handle, docker, wait)?;
+            }
+            println!("starting container {}", container.name);
+            apply::start(&handle, docker, &container.name)?;
+            load_dumps(&container.name, &mut reader, &mut restored)?;
+        }
+        let containers = apply::settle(&handle, docker, &plan)?;
+        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: described, containers })
+    })
+    .await
+    .expect("restore thread panicked")?;
+    println!("time to recovery: {:.1} s", clock.elapsed().as_secs_f64());
+    Ok(outcome)
+}
+
+/// Whether a container of the plan bind-mounts `path` (as renamed).
+fn mounts_bind(container: &super::definition::ContainerDefinition, path: &str) -> bool {
+    let host = &container.host_config;
+    let in_binds = host.binds.iter().flatten().any(|b| b.split(':').next() == Some(path) || b.starts_with(&format!("{path}:")));
+    let in_mounts = host.mounts.iter().flatten().any(|m| m.source.as_deref() == Some(path));
+    in_binds || in_mounts
+}
+
+/// Only the named containers (by their name in the snapshot), with what they use.
+fn narrow(mut definition: StackDefinition, wanted: &[String]) -> Result<StackDefinition, Error> {
+    if wanted.is_empty() {
+        return Ok(definition);
+    }
+    let names: Vec<String> = definition.containers.iter().map(|c| c.name.clone()).collect();
+    if let Some(missing) = wanted.iter().find(|w| !names.contains(w)) {
+        return Err(Error::Usage(format!("--only container:{missing} matches no container of the snapshot; it holds: {}", names.join(", "))));
+    }
+    definition.containers.retain(|c| wanted.contains(&c.name));
+    let networks: BTreeSet<String> = definition.containers.iter().flat_map(|c| c.networks.keys().cloned()).collect();
+    definition.networks.retain(|n| networks.contains(&n.name));
+    let images: BTreeSet<String> = definition.containers.iter().map(|c| c.image_id.clone()).collect();
+    definition.images.retain(|i| images.contains(&i.id));
+    let volumes: BTreeSet<String> = definition
+        .containers
+        .iter()
+        .flat_map(|c| c.host_config.mounts.iter().flatten().filter_map(|m| m.source.clone()).chain(c.host_config.binds.iter().flatten().filter_map(|b| b.split(':').next().map(str::to_string))))
+        .collect();
+    definition.volumes.retain(|v| volumes.contains(&v.name));
+    Ok(definition)
+}
+
+fn read_definition(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord) -> Result<StackDefinition, Error> {
+    let mut replay = TreeReplay::new(reader, snapshot, source);
+    let mut bytes = Vec::new();
+    loop {
+        match replay.next_event().map_err(|e| replay.blame(e, "stack definition"))? {
+            Event::Data(piece) => {
+                bytes.extend_from_slice(&piece);
+                if bytes.len() as u64 > MAX_DEFINITION {
+                    return Err(RepoError::invalid(&snapshot, format!("its stack definition is larger than {MAX_DEFINITION} bytes")).into());
+                }
+            }
+            Event::End => break,
+            _ => {}
+        }
+    }
+    serde_json::from_slice(&bytes).map_err(|e| RepoError::invalid(&snapshot, format!("its stack definition does not parse: {e}")).into())
+}
+
+async fn target_state(docker: &Docker) -> Result<TargetState, DockerError> {
+    let mut target = TargetState::default();
+    let options = ListContainersOptionsBuilder::default().all(true).build();
+    for c in docker.list_containers(Some(options)).await.map_err(DockerError::api("listing containers"))? {
+        let Some(name) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string()) else { continue };
+        let running = c.state.as_ref().is_some_and(|s| *s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+        if running {
+            for port in c.ports.iter().flatten() {
+                if let Some(public) = port.public_port {
+                    let proto = port.typ.map(|t| t.to_string()).unwrap_or_else(|| "tcp".into());
+                    target.ports.insert(format!("{public}/{proto}"), name.clone());
+                }
+            }
+        }
+        target.containers.insert(name, running);
+    }
+    for n in docker.list_networks(None::<ListNetworksOptions>).await.map_err(DockerError::api("listing networks"))? {
+        target.networks.extend(n.name);
+    }
+    let volumes = docker.list_volumes(None::<ListVolumesOptions>).await.map_err(DockerError::api("listing volumes"))?;
+    target.volumes.extend(volumes.volumes.unwrap_or_default().into_iter().map(|v| v.name));
+    let images = docker.list_images(Some(ListImagesOptionsBuilder::default().all(true).build())).await.map_err(DockerError::api("listing images"))?;
+    target.images.extend(images.into_iter().map(|i| i.id));
+    Ok(target)
+}
+
+/// Loads the images the plan takes from the snapshot, streaming each from its blobs into the engine.
+fn load_images(handle: &Handle, docker: &Docker, reader: &mut BlobReader, snapshot_id: Id, snapshot: &Snapshot, plan: &Plan, progress: &mut dyn FnMut(String)) -> Result<(), Error> {
+    for (image, _) in plan.images.iter().filter(|(_, s)| *s == ImageSource::Snapshot) {
+        let source = snapshot.sources.iter().find(|s| s.image.as_ref().is_some_and(|i| i.id == image.id)).expect("planned from the snapshot's image sources");
+        progress(format!("loading image {} from the snapshot", image.reference));
+        let shown = source.label();
+        let mut replay = TreeReplay::new(reader, snapshot_id, source);
+        let said = crate::source::image::load(handle, docker, &shown, || loop {
+            match replay.next_event().map_err(|e| replay.blame(e, &shown))? {
+                Event::Data(piece) => return Ok(Some(piece)),
+                Event::End => return Ok(None),
+                _ => {}
+            }
+        })?;
+        if handle.block_on(docker.inspect_image(&image.id)).is_err() {
+            return Err(Error::source(&shown, format!("the engine loaded it ({said}) but has no image {}", image.id)));
+        }
+    }
+    Ok(())
+}
+
+/// Image ids whose reference names them on the target: their containers are created by reference
+/// (as they were), the others by id.
+fn references_that_hold(handle: &Handle, docker: &Docker, plan: &Plan) -> BTreeSet<String> {
+    plan.images
+        .iter()
+        .filter(|(image, _)| handle.block_on(docker.inspect_image(&image.reference)).ok().and_then(|i| i.id).as_deref() == Some(image.id.as_str()))
+        .map(|(image, _)| image.id.clone())
+        .collect()
+}
