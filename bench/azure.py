@@ -17,20 +17,11 @@ import statistics
 import subprocess
 import time
 
+import report
+
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 RSS_LIMIT_MIB = 128
-
-
-def timed(argv, env=None, cwd=None):
-    """Wall time and peak RSS (KiB, GNU time) of a command that must succeed."""
-    t = time.monotonic()
-    out = subprocess.run(["/usr/bin/time", "-f", "RSS=%M"] + argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wall = time.monotonic() - t
-    if out.returncode != 0:
-        raise SystemExit("failed: %s\n%s" % (" ".join(argv), out.stderr.decode()[-3000:]))
-    rss = [l for l in out.stderr.decode().splitlines() if l.startswith("RSS=")]
-    return wall, int(rss[-1][4:]) if rss else 0, out.stdout.decode()
 
 
 def free_port():
@@ -81,7 +72,7 @@ def run_azure(a, log, make_dataset):
     stored = {}
     try:
         for run in range(a.runs):
-            wall, _, _ = timed(["sh", "-c", "tar -C %s -cf - . | zstd -3 -T2 -q -o %s -f" % (data, os.path.join(work, "data.tar.zst"))])
+            wall, _, _ = report.timed(["sh", "-c", "tar -C %s -cf - . | zstd -3 -T2 -q -o %s -f" % (data, os.path.join(work, "data.tar.zst"))])
             rows["tar"].append(wall)
             for target in ("fs", "azure"):
                 shutil.rmtree(os.path.join(work, "cache-" + target), ignore_errors=True)
@@ -94,7 +85,7 @@ def run_azure(a, log, make_dataset):
                     cfg = config("azure", "  azure:\n    account: %s\n    container: bench%d\n    endpoint: http://127.0.0.1:%d/%s\n"
                                           "    immutability:\n      required: false\n" % (ACCOUNT, run, port, ACCOUNT))
                 subprocess.run([sv, "-c", cfg, "init"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wall, kib, _ = timed([sv, "-c", cfg, "backup"], env=env)
+                wall, kib, _ = report.timed([sv, "-c", cfg, "backup"], env=env)
                 rows[target].append(wall)
                 rss[target].append(kib)
                 stored[target] = stored_bytes(sv, cfg, env)
@@ -105,8 +96,8 @@ def run_azure(a, log, make_dataset):
         for target, cfg in (("fs", os.path.join(work, "fs.yaml")), ("azure", os.path.join(work, "azure.yaml"))):
             dest = os.path.join(work, "restore-" + target)
             shutil.rmtree(dest, ignore_errors=True)
-            r_wall, r_kib, _ = timed([sv, "-c", cfg, "restore", "latest", "--to", dest], env=env)
-            v_wall, v_kib, _ = timed([sv, "-c", cfg, "verify", "--read-data"], env=env)
+            r_wall, r_kib, _ = report.timed([sv, "-c", cfg, "restore", "latest", "--to", dest], env=env)
+            v_wall, v_kib, _ = report.timed([sv, "-c", cfg, "verify", "--read-data"], env=env)
             diff = subprocess.run(["diff", "-r", data, os.path.join(dest, "path", data.strip("/").replace("/", "_"))], capture_output=True)
             reads[target] = {"restore_s": r_wall, "restore_rss_kib": r_kib, "verify_read_data_s": v_wall, "verify_rss_kib": v_kib,
                              "restored_identical": diff.returncode == 0}
@@ -142,12 +133,7 @@ def run_azure(a, log, make_dataset):
             print("  %-9s restore %.2f s (%d MiB), verify --read-data %.2f s (%d MiB), identical: %s"
                   % ({"fs": "directory", "azure": "Azurite"}[target], r["restore_s"], r["restore_rss_kib"] // 1024,
                      r["verify_read_data_s"], r["verify_rss_kib"] // 1024, r["restored_identical"]))
-        for target, met in results["targets"].items():
-            print("  target %s: %s" % (target, "met" if met else "MISSED"))
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print("results: %s" % a.json)
-        return 0
+        return report.finish(results, a.json)
     finally:
         azurite.kill()
         azurite.wait()

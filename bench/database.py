@@ -15,6 +15,8 @@ import statistics
 import subprocess
 import time
 
+import report
+
 IMAGE = "stackvault-test/db:1"
 PASSWORD = "bench-pw"
 # As stackvault dumps MariaDB (source/dump/engine.rs), so that both sides do the same work.
@@ -74,17 +76,6 @@ def du(path):
     return total
 
 
-def timed(argv, env=None):
-    """Wall time and peak RSS (KiB, GNU time) of a command that must succeed."""
-    t = time.monotonic()
-    out = subprocess.run(["/usr/bin/time", "-f", "RSS=%M"] + argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wall = time.monotonic() - t
-    if out.returncode != 0:
-        raise SystemExit("failed: %s\n%s" % (" ".join(argv), out.stderr.decode()[-3000:]))
-    rss = [l for l in out.stderr.decode().splitlines() if l.startswith("RSS=")]
-    return wall, int(rss[-1][4:]) if rss else 0, out.stdout.decode()
-
-
 def run_database(a, log):
     work = os.path.join(a.dir, "database")
     shutil.rmtree(work, ignore_errors=True)
@@ -131,14 +122,14 @@ def run_database(a, log):
         base_times, inside_times, sv_times, sv_rss = [], [], [], []
         # Alternating, so that all sides see the same machine.
         for run in range(a.runs):
-            wall, _, _ = timed(baseline_cmd)
+            wall, _, _ = report.timed(baseline_cmd)
             base_times.append(wall)
-            wall, _, _ = timed(inside_cmd)
+            wall, _, _ = report.timed(inside_cmd)
             inside_times.append(wall)
             shutil.rmtree(repo, ignore_errors=True)
             shutil.rmtree(os.path.join(work, "cache"), ignore_errors=True)
             sh([sv, "-c", config, "init"], stdout=subprocess.DEVNULL)
-            wall, rss, out = timed([sv, "-c", config, "backup"])
+            wall, rss, out = report.timed([sv, "-c", config, "backup"])
             sv_times.append(wall)
             sv_rss.append(rss)
             log("database run %d: docker exec mariadb-dump | zstd %.1f s, in the container %.1f s, stackvault %.1f s (%d MiB RSS)"
@@ -154,7 +145,7 @@ def run_database(a, log):
         sql(container, rows_sql(rows + 1, rows + appended))
         start = rows // 3
         sql(container, "UPDATE calls SET status = 'callback', duration_s = duration_s + 1 WHERE id BETWEEN %d AND %d;" % (start, start + updated - 1))
-        wall2, rss2, _ = timed([sv, "-c", config, "backup"])
+        wall2, rss2, _ = report.timed([sv, "-c", config, "backup"])
         growth = du(repo) - repo_first
         base, inside, full = statistics.median(base_times), statistics.median(inside_times), statistics.median(sv_times)
         results["rows"] = {
@@ -186,12 +177,7 @@ def run_database(a, log):
               % (full, full / inside, full / base, max(sv_rss) // 1024, repo_first / 2**20))
         print("  second night (+%d rows, %d updated) %5.1f s  growth %.1f MiB = %.2f %% of the dump"
               % (appended, updated, wall2, growth / 2**20, 100 * growth / dump_bytes))
-        for target, met in results["targets"].items():
-            print("  target %s: %s" % (target, "met" if met else "MISSED"))
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print("results: %s" % a.json)
-        return 0
+        return report.finish(results, a.json)
     finally:
         if not a.keep:
             subprocess.run(["docker", "rm", "-f", "-v", container], capture_output=True)

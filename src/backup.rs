@@ -195,30 +195,6 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
-        if let (Some(definition), Some(engine)) = (&definition, engine.as_deref()) {
-            let json = serde_json::to_vec_pretty(definition).expect("a stack definition serializes");
-            let mut stream = ByteStream::new(std::io::Cursor::new(json), "the stack's definition");
-            let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source("stack definition", e))?;
-            let mut record = SourceRecord::new(SourceKind::Stack, stack_name.clone(), archived.root);
-            record.bytes = archived.stats.bytes;
-            records.push(record);
-            routes.push(format!("{} containers inspected", definition.containers.len()));
-            if images == ImagesMode::Include {
-                for image in &definition.images {
-                    let shown = format!("image {}", image.reference);
-                    // By reference where it still names this image, so that loading it restores the tag.
-                    let by_reference = handle.block_on(engine.docker.inspect_image(&image.reference)).ok().and_then(|i| i.id) == Some(image.id.clone());
-                    let name = if by_reference { &image.reference } else { &image.id };
-                    let mut stream = ByteStream::new(crate::source::image::export(&handle, &engine.docker, name), &shown);
-                    let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
-                    let mut record = SourceRecord::new(SourceKind::Image, image.reference.clone(), archived.root);
-                    record.bytes = archived.stats.bytes;
-                    record.image = Some(ImageRecord { id: image.id.clone(), reference: image.reference.clone() });
-                    records.push(record);
-                    routes.push("exported by the engine".into());
-                }
-            }
-        }
         // Databases first, while every server runs.
         for target in &dumps {
             let engine = engine.as_deref().expect("dumps come from Docker");
@@ -232,6 +208,36 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                 record.dump = stream.record.take();
                 records.push(record);
                 routes.push(stream.route().to_string());
+            }
+        }
+        // The stack's definition and images before anything is stopped; listed after the data.
+        let mut stack_records = Vec::new();
+        let mut stack_routes = Vec::new();
+        if let (Some(definition), Some(engine)) = (&definition, engine.as_deref()) {
+            // Through a Value, whose maps are sorted: the Engine API's maps are HashMaps, and a quiet
+            // night's definition must be the same bytes as the last one's.
+            let canonical = serde_json::to_value(definition).expect("a stack definition serializes");
+            let json = serde_json::to_vec_pretty(&canonical).expect("a JSON value serializes");
+            let mut stream = ByteStream::new(std::io::Cursor::new(json), "the stack's definition");
+            let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source("stack definition", e))?;
+            let mut record = SourceRecord::new(SourceKind::Stack, stack_name.clone(), archived.root);
+            record.bytes = archived.stats.bytes;
+            stack_records.push(record);
+            stack_routes.push(format!("from the Engine API: {} containers inspected", definition.containers.len()));
+            if images == ImagesMode::Include {
+                for image in &definition.images {
+                    let shown = format!("image {}", image.reference);
+                    // By reference where it still names this image, so that loading it restores the tag.
+                    let by_reference = handle.block_on(engine.docker.inspect_image(&image.reference)).ok().and_then(|i| i.id) == Some(image.id.clone());
+                    let name = if by_reference { &image.reference } else { &image.id };
+                    let mut stream = ByteStream::new(crate::source::image::export(&handle, &engine.docker, name), &shown);
+                    let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
+                    let mut record = SourceRecord::new(SourceKind::Image, image.reference.clone(), archived.root);
+                    record.bytes = archived.stats.bytes;
+                    record.image = Some(ImageRecord { id: image.id.clone(), reference: image.reference.clone() });
+                    stack_records.push(record);
+                    stack_routes.push("from the engine's image export".into());
+                }
             }
         }
         if !stop.is_empty() {
@@ -281,6 +287,8 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             });
             caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
+        records.append(&mut stack_records);
+        routes.append(&mut stack_routes);
         let new_bytes = archiver.new_bytes;
         let finished = archiver.finish()?;
         Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config))

@@ -37,8 +37,8 @@ fn shared_key() -> Secret {
 
 /// A compose stack of one container and one fixture volume, backed up into an Azure container.
 struct AzureScene {
+    project: String,
     volume: String,
-    container: String,
     work: PathBuf,
     config: PathBuf,
 }
@@ -52,7 +52,7 @@ impl AzureScene {
         let work = scratch(prefix);
         compose_volume(&project, &volume);
         make_fixture(&volume_dir(&volume), big_mib, small);
-        let container = stack_container(&project, &volume);
+        stack_container(&project, &volume);
         let config = write_config(
             &work,
             &format!(
@@ -61,16 +61,16 @@ impl AzureScene {
                 work.join("state").display()
             ),
         );
-        AzureScene { volume, container, work, config }
+        AzureScene { project, volume, work, config }
     }
 
     fn destroy(&self) {
-        docker(&["rm", "-f", &self.container]);
+        remove_project_containers(&self.project);
         docker(&["volume", "rm", &self.volume]);
     }
 
     fn cleanup(self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.container]).output();
+        remove_project_containers(&self.project);
         let _ = Command::new("docker").args(["volume", "rm", &self.volume]).output();
         let _ = std::fs::remove_dir_all(&self.work);
     }

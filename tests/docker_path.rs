@@ -26,7 +26,8 @@ fn the_attach_stream_fallback_and_the_socket_give_the_same_snapshot() {
     let by_attach = backup_output(&scene.config, &[("STACKVAULT_DOCKER_STREAM", "attach"), ("STACKVAULT_CACHE_DIR", &work.join("other-cache").display().to_string())]);
     assert!(by_attach.contains("through a helper, attach stream"), "{by_attach}");
     let ids: serde_json::Value = serde_json::from_str(&ok(stackvault(&scene.config).args(["snapshots", "--json"]))).unwrap();
-    let roots: Vec<&serde_json::Value> = ids.as_array().unwrap().iter().map(|s| &s["snapshot"]["sources"][0]["root"]).collect();
+    let volume_root = |s: &serde_json::Value| s["snapshot"]["sources"].as_array().unwrap().iter().find(|s| s["kind"] == "volume").unwrap()["root"].clone();
+    let roots: Vec<serde_json::Value> = ids.as_array().unwrap().iter().map(volume_root).collect();
     assert_eq!(roots[0], roots[1], "both routes must give the same tree");
     ok(stackvault(&scene.config).args(["restore", "latest", "--to"]).arg(work.join("out")).env("STACKVAULT_DOCKER_STREAM", "attach"));
     manifest(&work.join("out/volume").join(&scene.volume), &work.join("out.json"));
@@ -158,6 +159,7 @@ fn an_empty_volume_is_backed_up_and_restored() {
     assert_eq!(std::fs::read_dir(volume_dir(&volume)).unwrap().count(), 0);
     // A restore does not wait for its helper's teardown (README): it goes a moment later.
     assert!(helpers_remaining(&volume).is_empty());
+    remove_project_containers(&project);
     docker(&["volume", "rm", &volume]);
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -79,7 +79,7 @@ fn patterns_labels_and_cache_tags_leave_out_exactly_what_they_name() {
     ok(stackvault(&config).args(["restore", "latest"]));
     manifest(&volume_dir(&volume), &work.join("restored.json"));
     assert_same(&work.join("expected.json"), &work.join("restored.json"));
-    let container = docker(&[
+    docker(&[
         "create", "--network", "none", "--label", &format!("com.docker.compose.project={project}"), "--label", label, "-v", &format!("{volume}:/config"), TEST_IMAGE, "sh",
     ]);
 
@@ -104,7 +104,7 @@ fn patterns_labels_and_cache_tags_leave_out_exactly_what_they_name() {
     assert!(!restored.join("thumbs/x.jpg").exists());
     ok(stackvault(&config).args(["verify", "--read-data"]));
 
-    docker(&["rm", "-f", &container]);
+    remove_project_containers(&project);
     docker(&["volume", "rm", &volume]);
     let _ = std::fs::remove_dir_all(&work);
 }

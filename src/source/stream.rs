@@ -22,6 +22,13 @@ enum Stage {
     Done,
 }
 
+/// The root of a stream source: a file without a name (docs/FORMAT.md, "Sources and counts"), mode
+/// 0600, owned by root, written now; the source's record says what it is.
+pub fn stream_root() -> Meta {
+    let mtime_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    Meta { name: Vec::new(), kind: EntryKind::File, mode: 0o600, uid: 0, gid: 0, mtime_ns, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new(), ctime_ns: 0, ino: 0 }
+}
+
 impl<R: Read> ByteStream<R> {
     /// `what` names the stream in errors ("image mariadb:11").
     pub fn new(reader: R, what: impl Into<String>) -> Self {
@@ -34,9 +41,7 @@ impl<R: Read + Send> EventSource for ByteStream<R> {
         match self.stage {
             Stage::Start => {
                 self.stage = Stage::Content;
-                let mtime_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-                let meta = Meta { name: Vec::new(), kind: EntryKind::File, mode: 0o600, uid: 0, gid: 0, mtime_ns, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new(), ctime_ns: 0, ino: 0 };
-                Ok(Event::File(meta))
+                Ok(Event::File(stream_root()))
             }
             Stage::Content => {
                 let mut piece = Vec::with_capacity(PIECE);

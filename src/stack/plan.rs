@@ -38,6 +38,8 @@ pub struct PlanOptions<'a> {
     pub bind_root: &'a Path,
     /// Image ids the snapshot holds (`images: include`).
     pub images_in_snapshot: BTreeSet<String>,
+    /// Volumes whose data the snapshot holds (a database's data volume is left to its dump).
+    pub volumes_with_data: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,8 @@ pub struct Plan {
     /// Networks to create, and (true) those that exist and are reused.
     pub networks: Vec<(NetworkDefinition, bool)>,
     pub volumes: Vec<(VolumeDefinition, bool)>,
+    /// Volumes (by their new names) that are created empty: the snapshot holds no data for them.
+    pub empty_volumes: BTreeSet<String>,
     pub images: Vec<(ImageDefinition, ImageSource)>,
     /// Renamed and adjusted for this host, in the order they start.
     pub containers: Vec<ContainerDefinition>,
@@ -100,9 +104,11 @@ impl Plan {
             });
         }
         for (volume, exists) in &self.volumes {
-            lines.push(match exists {
-                true => format!("restore volume {} (it exists: refused if not empty, unless --force or --replace)", volume.name),
-                false => format!("create volume {} ({}) and restore its data", volume.name, volume.driver),
+            let empty = self.empty_volumes.contains(&volume.name);
+            lines.push(match (exists, empty) {
+                (_, true) => format!("{} volume {} (the snapshot holds no data for it: a database's, loaded from its dump)", if *exists { "keep" } else { "create empty" }, volume.name),
+                (true, false) => format!("restore volume {} (it exists: refused if not empty, unless --force or --replace)", volume.name),
+                (false, false) => format!("create volume {} ({}) and restore its data", volume.name, volume.driver),
             });
         }
         for (old, new) in &self.bind_paths {
@@ -187,6 +193,7 @@ pub fn plan(definition: &StackDefinition, target: &TargetState, options: &PlanOp
         .collect();
 
     let volume_names: BTreeMap<String, String> = definition.volumes.iter().map(|v| (v.name.clone(), rename.name(&v.name))).collect();
+    let empty_volumes = volume_names.iter().filter(|(old, _)| !options.volumes_with_data.contains(*old)).map(|(_, new)| new.clone()).collect();
     let volumes = definition
         .volumes
         .iter()
@@ -291,7 +298,7 @@ pub fn plan(definition: &StackDefinition, target: &TargetState, options: &PlanOp
     // Images only the kept containers run are not needed.
     let needed: BTreeSet<&String> = containers.iter().map(|c| &c.image_id).collect();
     let images = images.into_iter().filter(|(image, _): &(ImageDefinition, ImageSource)| needed.contains(&image.id)).collect();
-    Plan { project, original_project, remove, kept, networks, volumes, images, containers, waits, volume_names, bind_paths, notes }
+    Plan { project, original_project, remove, kept, networks, volumes, empty_volumes, images, containers, waits, volume_names, bind_paths, notes }
 }
 
 /// Orders containers so that each starts after what its compose `depends_on` label names
@@ -384,7 +391,7 @@ mod tests {
 
     #[test]
     fn dependencies_start_first_and_their_conditions_are_waited_for() {
-        let options = PlanOptions { project: None, replace: false, bind_root: Path::new("/b"), images_in_snapshot: BTreeSet::from(["sha256:aa".to_string()]) };
+        let options = PlanOptions { project: None, replace: false, bind_root: Path::new("/b"), images_in_snapshot: BTreeSet::from(["sha256:aa".to_string()]), volumes_with_data: BTreeSet::new() };
         let plan = plan(&definition(), &TargetState::default(), &options);
         let order: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(order, ["cc-db-1", "cc-app-1"]);
@@ -397,7 +404,7 @@ mod tests {
     #[test]
     fn another_project_renames_everything_and_moves_binds_aside_and_existing_containers_are_kept_or_replaced() {
         let target = TargetState { containers: BTreeMap::from([("cc-app-1".to_string(), true)]), volumes: BTreeSet::from(["cc_files".to_string()]), ..Default::default() };
-        let options = PlanOptions { project: Some("dr"), replace: false, bind_root: Path::new("/var/lib/stackvault/restored/dr"), images_in_snapshot: BTreeSet::new() };
+        let options = PlanOptions { project: Some("dr"), replace: false, bind_root: Path::new("/var/lib/stackvault/restored/dr"), images_in_snapshot: BTreeSet::new(), volumes_with_data: BTreeSet::new() };
         let plan = plan(&definition(), &target, &options);
         let app = plan.containers.iter().find(|c| c.name == "dr-app-1").expect("renamed");
         assert_eq!(app.config.labels.as_ref().unwrap()[PROJECT_LABEL], "dr");

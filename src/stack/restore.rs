@@ -61,7 +61,8 @@ pub async fn restore(
     let images_in_snapshot = snapshot.sources.iter().filter_map(|s| s.image.as_ref().map(|i| i.id.clone())).collect();
     let project = options.project.clone().or(definition.project.clone()).unwrap_or_else(|| snapshot.stack.clone());
     let bind_root = config.state_dir().join("restored").join(&project);
-    let plan_options = PlanOptions { project: options.project.as_deref(), replace: options.replace, bind_root: &bind_root, images_in_snapshot };
+    let volumes_with_data = snapshot.sources.iter().filter(|s| s.kind == SourceKind::Volume).map(|s| s.name.clone()).collect();
+    let plan_options = PlanOptions { project: options.project.as_deref(), replace: options.replace, bind_root: &bind_root, images_in_snapshot, volumes_with_data };
     let plan = plan::plan(&definition, &target, &plan_options);
     let described = plan.describe();
     if options.dry_run {

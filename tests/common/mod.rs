@@ -103,6 +103,15 @@ pub fn stack_container(project: &str, volume: &str) -> String {
     ])
 }
 
+/// Removes every container of compose project `project`: a whole-stack restore re-creates the
+/// stack's containers (under new ids), which then hold its volumes.
+pub fn remove_project_containers(project: &str) {
+    let ids = docker(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    for id in ids.split_whitespace() {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+}
+
 /// A volume labelled as compose project `project`'s.
 pub fn compose_volume(project: &str, volume: &str) {
     docker(&["volume", "create", "--label", &format!("com.docker.compose.project={project}"), volume]);
@@ -198,12 +207,12 @@ impl Scene {
 
     /// The disaster: the container and its volume are gone.
     pub fn destroy(&self) {
-        docker(&["rm", "-f", &self.container]);
+        remove_project_containers(&self.project);
         docker(&["volume", "rm", &self.volume]);
     }
 
     pub fn cleanup(self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.container]).output();
+        remove_project_containers(&self.project);
         let _ = Command::new("docker").args(["volume", "rm", &self.volume]).output();
         let _ = std::fs::remove_dir_all(&self.work);
     }

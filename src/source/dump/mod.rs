@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
-use super::{EntryKind, Event, EventSource, Meta, SourceError};
+use super::{Event, EventSource, SourceError};
 use crate::docker::exec::{Exec, ExecIo, ExecSpec};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
@@ -396,10 +396,7 @@ impl EventSource for DumpStream<'_> {
         match self.stage {
             Stage::Start => {
                 self.stage = Stage::Content;
-                let mtime_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-                // A source's root has no name (docs/FORMAT.md, "Sources and counts"); the record says what it is.
-                let meta = Meta { name: Vec::new(), kind: EntryKind::File, mode: 0o600, uid: 0, gid: 0, mtime_ns, size: 0, rdev: 0, target: Vec::new(), xattrs: Vec::new(), ctime_ns: 0, ino: 0 };
-                Ok(Event::File(meta))
+                Ok(Event::File(crate::source::stream::stream_root()))
             }
             Stage::Content => self.content(),
             Stage::Ended => {
