@@ -145,7 +145,10 @@ fn the_engine_round_trip_works_with_a_shared_key_a_sas_and_a_connection_string()
     assert!(ok(sv(&scene.config, &reader).arg("verify")).contains("2 snapshots checked"));
     scene.cleanup();
 
-    // Encrypted to a recipient: no blob holds known plaintext, names included.
+    // Encrypted to a recipient: no blob holds known plaintext, names included (an Azurite of its
+    // own, so that its whole store is this repository's).
+    azurite.stop();
+    let mut azurite = Azurite::start(&work.join("azurite-encrypted"));
     let keys = scratch("az-keys");
     let identity = keys.join("identity.txt");
     let recipient = ok(Command::new(env!("CARGO_BIN_EXE_stackvault")).args(["keygen", "--output"]).arg(&identity)).trim().to_string();
