@@ -25,7 +25,7 @@ fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_
     assert_same(&work.join("state1.json"), &work.join("restored1.json"));
 
     // One small file changes and 1 MiB is appended to the big one.
-    let container = stack_container(project, volume);
+    stack_container(project, volume);
     let mutated = python("fixture.py", &[&"mutate", &volume_dir(volume)]);
     assert!(mutated.status.success(), "mutate: {}", text(&mutated.stderr));
     manifest(&volume_dir(volume), &work.join("state2.json"));
@@ -37,7 +37,7 @@ fn a_volume_survives_backup_loss_and_restore_exactly_and_a_second_backup_stores_
     let refused = run(stackvault(config).args(["restore", "latest"]));
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("not empty"), "{}", text(&refused.stderr));
-    docker(&["rm", "-f", &container]);
+    remove_project_containers(project);
     docker(&["volume", "rm", volume]);
     ok(stackvault(config).args(["restore", "latest"]));
     manifest(&volume_dir(volume), &work.join("restored2.json"));
