@@ -271,7 +271,8 @@ fn round_trip_under_load_then_failures(engine: &'static str, labels: &[&str]) {
         }
         let found = Command::new("docker").args(["exec", &server.container, "pgrep", "-f", "--", pattern]).output().unwrap();
         if found.status.success() {
-            std::thread::sleep(Duration::from_millis(300));
+            // A moment for bytes to flow; not long: a 1M-row dump can take well under a second.
+            std::thread::sleep(Duration::from_millis(50));
             killed = Command::new("docker").args(["exec", &server.container, "pkill", "-KILL", "-f", "--", pattern]).output().unwrap().status.success();
             break;
         }
