@@ -305,8 +305,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore { snapshot, identity, force, to, only, docker_host, dry_run, project, replace } => {
             let config = Config::load(config_path)?;
             let only = only.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-            let options = RestoreOptions { snapshot, identity, force, to, only, docker_host, dry_run, project, replace };
-            let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await??;
+            let steps = RestoreSteps::start();
+            let report = Some(steps.reporter());
+            let options = RestoreOptions { snapshot, identity, force, to, only, docker_host, dry_run, project, replace, report };
+            let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await;
+            steps.stop();
+            let outcome = outcome??;
+            if let Some(recovery) = outcome.recovery {
+                println!("time to recovery: {:.1} s", recovery.as_secs_f64());
+            }
             if dry_run {
                 println!("plan for snapshot {} (dry run: nothing was changed):", outcome.snapshot);
                 for line in &outcome.plan {
@@ -424,6 +431,73 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
 fn print_excluded(excluded: &[stackvault::source::exclude::Excluded]) {
     for e in excluded {
         println!("    excluded by {} ({}): {} entries, {}", e.rule, e.origin, e.entries, bytes(e.bytes));
+    }
+}
+
+/// A restore's steps: each as a line; on a terminal, the one being written as a bar with its bytes,
+/// rate and time left, moved by the bytes the restore has replayed.
+struct RestoreSteps {
+    shown: std::sync::Arc<std::sync::Mutex<Option<(indicatif::ProgressBar, u64)>>>,
+    ticking: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RestoreSteps {
+    fn start() -> Self {
+        use std::io::IsTerminal;
+        let shown: std::sync::Arc<std::sync::Mutex<Option<(indicatif::ProgressBar, u64)>>> = Default::default();
+        let ticking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(std::io::stderr().is_terminal()));
+        let ticker = ticking.load(std::sync::atomic::Ordering::Relaxed).then(|| {
+            let (shown, ticking) = (shown.clone(), ticking.clone());
+            std::thread::spawn(move || {
+                while ticking.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some((bar, base)) = shown.lock().expect("progress").as_ref() {
+                        bar.set_position(stackvault::restore::bytes_restored().saturating_sub(*base));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            })
+        });
+        RestoreSteps { shown, ticking, ticker }
+    }
+
+    fn reporter(&self) -> stackvault::restore::Reporter {
+        let shown = self.shown.clone();
+        let terminal = self.ticker.is_some();
+        std::sync::Arc::new(move |progress| {
+            let stackvault::restore::Progress::Step { what, bytes } = progress;
+            let mut shown = shown.lock().expect("progress");
+            if let Some((bar, _)) = shown.take() {
+                Self::done(bar);
+            }
+            match (terminal, bytes) {
+                (true, Some(total)) => {
+                    let bar = indicatif::ProgressBar::new(total).with_message(what);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{msg} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                            .expect("a valid template"),
+                    );
+                    *shown = Some((bar, stackvault::restore::bytes_restored()));
+                }
+                _ => println!("{what}"),
+            }
+        })
+    }
+
+    fn stop(mut self) {
+        self.ticking.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+        if let Some((bar, _)) = self.shown.lock().expect("progress").take() {
+            Self::done(bar);
+        }
+    }
+
+    /// A finished bar gives way to its step's line, as without a terminal.
+    fn done(bar: indicatif::ProgressBar) {
+        bar.finish_and_clear();
+        println!("{}: {}", bar.message(), bytes(bar.position()));
     }
 }
 

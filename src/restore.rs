@@ -4,6 +4,8 @@
 //! (`source::dump`), or everything under one directory with `--to`; `--only` picks sources.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use tokio::runtime::Handle;
@@ -21,6 +23,28 @@ use crate::source::dump;
 use crate::source::wire::EventWriter;
 use crate::source::{Event, EventSource, Meta, SourceError};
 use crate::Error;
+
+/// What a restore tells as it goes, for the command line to show: a step begins, writing `bytes`
+/// where that is known (a volume, an image, a dump); `bytes_restored` counts what has been written.
+pub enum Progress {
+    Step { what: String, bytes: Option<u64> },
+}
+
+pub type Reporter = Arc<dyn Fn(Progress) + Send + Sync>;
+
+static BYTES_RESTORED: AtomicU64 = AtomicU64::new(0);
+
+/// Content bytes this process has replayed from snapshots so far.
+pub fn bytes_restored() -> u64 {
+    BYTES_RESTORED.load(Ordering::Relaxed)
+}
+
+/// A step of a restore, told to the reporter if there is one.
+pub(crate) fn step(report: &Option<Reporter>, what: String, bytes: Option<u64>) {
+    if let Some(report) = report {
+        report(Progress::Step { what, bytes });
+    }
+}
 
 #[derive(Default)]
 pub struct RestoreOptions {
@@ -40,6 +64,8 @@ pub struct RestoreOptions {
     pub project: Option<String>,
     /// Stop and remove containers of the same names first, and overwrite their volumes.
     pub replace: bool,
+    /// Told of each step as it begins.
+    pub report: Option<Reporter>,
 }
 
 /// `--only db:NAME`, `--only volume:NAME` or `--only container:NAME`.
@@ -89,6 +115,8 @@ pub struct RestoreOutcome {
     pub plan: Vec<String>,
     /// Each container started, and how it ended up ("healthy", "running").
     pub containers: std::collections::BTreeMap<String, String>,
+    /// A whole-stack restore's time from start to every container running (healthy).
+    pub recovery: Option<std::time::Duration>,
 }
 
 pub async fn restore(config: &Config, options: RestoreOptions) -> Result<RestoreOutcome, Error> {
@@ -130,6 +158,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
         let mut restored = Vec::new();
         for source in &selected {
             let shown = source.label();
+            step(&options.report, format!("restoring {shown}"), Some(source.bytes));
             let local = match (&options.to, source.kind) {
                 (Some(dir), _) => Some(dir.join(source.kind.as_str()).join(flatten_name(&source.name))),
                 (None, SourceKind::Path) => Some(PathBuf::from(&source.name)),
@@ -149,7 +178,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
             };
             restored.push(RestoredSource { source: shown, destination, warnings: report });
         }
-        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: Vec::new(), containers: Default::default() })
+        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: Vec::new(), containers: Default::default(), recovery: None })
     })
     .await
     .expect("restore thread panicked");
@@ -376,6 +405,7 @@ impl<'r, 'a> TreeReplay<'r, 'a> {
             None => None,
         };
         let sent = file.sent + piece.as_ref().map_or(0, |p| p.len() as u64);
+        BYTES_RESTORED.fetch_add(piece.as_ref().map_or(0, |p| p.len() as u64), Ordering::Relaxed);
         if sent > file.size || (piece.is_none() && sent != file.size) {
             let held = if piece.is_some() { "at least " } else { "" };
             let path = self.walk.path(&file.name);

@@ -22,9 +22,9 @@ use crate::Error;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Removes what `--replace` replaces, then creates networks and volumes.
-pub fn prepare(handle: &Handle, docker: &Docker, plan: &Plan, progress: &mut dyn FnMut(String)) -> Result<(), Error> {
+pub fn prepare(handle: &Handle, docker: &Docker, plan: &Plan, report: &dyn Fn(String)) -> Result<(), Error> {
     for name in &plan.remove {
-        progress(format!("stopping and removing container {name}"));
+        report(format!("stopping and removing container {name}"));
         let stop = StopContainerOptionsBuilder::default().build();
         let _ = handle.block_on(docker.stop_container(name, Some(stop)));
         let remove = RemoveContainerOptionsBuilder::default().force(true).build();
@@ -34,7 +34,7 @@ pub fn prepare(handle: &Handle, docker: &Docker, plan: &Plan, progress: &mut dyn
         if *exists {
             continue;
         }
-        progress(format!("creating network {}", network.name));
+        report(format!("creating network {}", network.name));
         let ipam = (!network.subnets.is_empty()).then(|| Ipam {
             config: Some(network.subnets.iter().map(|s| IpamConfig { subnet: Some(s.subnet.clone()), gateway: s.gateway.clone(), ..Default::default() }).collect()),
             ..Default::default()
@@ -69,9 +69,9 @@ pub fn prepare(handle: &Handle, docker: &Docker, plan: &Plan, progress: &mut dyn
 }
 
 /// Pulls the images the plan pulls; those from the snapshot are the caller's (they need its blobs).
-pub fn pull(handle: &Handle, docker: &Docker, plan: &Plan, progress: &mut dyn FnMut(String)) -> Result<(), Error> {
+pub fn pull(handle: &Handle, docker: &Docker, plan: &Plan, report: &dyn Fn(String)) -> Result<(), Error> {
     for (image, _) in plan.images.iter().filter(|(_, source)| *source == ImageSource::Pull) {
-        progress(format!("pulling image {}", image.reference));
+        report(format!("pulling image {}", image.reference));
         let options = CreateImageOptionsBuilder::default().from_image(&image.reference).build();
         let pulled = handle.block_on(async {
             let mut stream = Box::pin(docker.create_image(Some(options), None, None));
@@ -92,9 +92,9 @@ pub fn pull(handle: &Handle, docker: &Docker, plan: &Plan, progress: &mut dyn Fn
 
 /// Creates every container of the plan (stopped); by its image reference where `by_reference` holds
 /// the image's id (the reference names that image here), else by the image's id.
-pub fn create(handle: &Handle, docker: &Docker, plan: &Plan, by_reference: &std::collections::BTreeSet<String>, progress: &mut dyn FnMut(String)) -> Result<(), Error> {
+pub fn create(handle: &Handle, docker: &Docker, plan: &Plan, by_reference: &std::collections::BTreeSet<String>, report: &dyn Fn(String)) -> Result<(), Error> {
     for container in &plan.containers {
-        progress(format!("creating container {}", container.name));
+        report(format!("creating container {}", container.name));
         let (primary, others) = networks_of(container);
         let body = body_of(container, primary.as_ref(), by_reference.contains(&container.image_id));
         let options = CreateContainerOptionsBuilder::default().name(&container.name).build();

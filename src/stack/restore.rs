@@ -66,15 +66,16 @@ pub async fn restore(
     let plan = plan::plan(&definition, &target, &plan_options);
     let described = plan.describe();
     if options.dry_run {
-        return Ok(RestoreOutcome { snapshot: snapshot_id, restored: Vec::new(), plan: described, containers: BTreeMap::new() });
+        return Ok(RestoreOutcome { snapshot: snapshot_id, restored: Vec::new(), plan: described, containers: BTreeMap::new(), recovery: None });
     }
 
     let engine = Engine::start(&config).await?;
     let replace = options.replace;
     let outcome = tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
-        let mut progress = |line: String| println!("{line}");
+        let reporter = options.report.clone();
+        let note = |what: String| crate::restore::step(&reporter, what, None);
         let docker = &engine.docker;
-        apply::prepare(&handle, docker, &plan, &mut progress)?;
+        apply::prepare(&handle, docker, &plan, &note)?;
         let mut reader = BlobReader::new(&repo, &index, identities.as_ref())?;
         let mut restored = Vec::new();
         let force = options.force || replace;
@@ -104,17 +105,17 @@ pub async fn restore(
                 }
                 _ => continue,
             };
-            progress(format!("restoring {} into {destination}", source.label()));
+            crate::restore::step(&reporter, format!("restoring {} into {destination}", source.label()), Some(source.bytes));
             let warnings = restore_mount(&handle, &engine, &mut reader, snapshot_id, &record, force)?;
             restored.push(RestoredSource { source: source.label(), destination, warnings });
         }
-        load_images(&handle, docker, &mut reader, snapshot_id, &snapshot, &plan, &mut progress)?;
-        apply::pull(&handle, docker, &plan, &mut progress)?;
+        load_images(&handle, docker, &mut reader, snapshot_id, &snapshot, &plan, &reporter)?;
+        apply::pull(&handle, docker, &plan, &note)?;
         let by_reference = references_that_hold(&handle, docker, &plan);
-        apply::create(&handle, docker, &plan, &by_reference, &mut progress)?;
+        apply::create(&handle, docker, &plan, &by_reference, &note)?;
         let load_dumps = |server: &str, reader: &mut BlobReader, restored: &mut Vec<RestoredSource>| -> Result<(), Error> {
             for dump in snapshot.sources.iter().filter(|s| s.dump.as_ref().is_some_and(|d| plan.rename(&d.container) == server)) {
-                progress(format!("loading {} into container {server}", dump.label()));
+                crate::restore::step(&reporter, format!("loading {} into container {server}", dump.label()), Some(dump.bytes));
                 let (destination, warnings) = restore_dump(&handle, &engine, reader, snapshot_id, dump, force, Some(server))?;
                 restored.push(RestoredSource { source: dump.label(), destination, warnings });
             }
@@ -128,16 +129,15 @@ pub async fn restore(
             for wait in plan.waits.get(&container.name).into_iter().flatten() {
                 apply::wait_for(&handle, docker, wait)?;
             }
-            println!("starting container {}", container.name);
+            note(format!("starting container {}", container.name));
             apply::start(&handle, docker, &container.name)?;
             load_dumps(&container.name, &mut reader, &mut restored)?;
         }
         let containers = apply::settle(&handle, docker, &plan)?;
-        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: described, containers })
+        Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: described, containers, recovery: Some(clock.elapsed()) })
     })
     .await
     .expect("restore thread panicked")?;
-    println!("time to recovery: {:.1} s", clock.elapsed().as_secs_f64());
     Ok(outcome)
 }
 
@@ -217,10 +217,10 @@ async fn target_state(docker: &Docker) -> Result<TargetState, DockerError> {
 }
 
 /// Loads the images the plan takes from the snapshot, streaming each from its blobs into the engine.
-fn load_images(handle: &Handle, docker: &Docker, reader: &mut BlobReader, snapshot_id: Id, snapshot: &Snapshot, plan: &Plan, progress: &mut dyn FnMut(String)) -> Result<(), Error> {
+fn load_images(handle: &Handle, docker: &Docker, reader: &mut BlobReader, snapshot_id: Id, snapshot: &Snapshot, plan: &Plan, reporter: &Option<crate::restore::Reporter>) -> Result<(), Error> {
     for (image, _) in plan.images.iter().filter(|(_, s)| *s == ImageSource::Snapshot) {
         let source = snapshot.sources.iter().find(|s| s.image.as_ref().is_some_and(|i| i.id == image.id)).expect("planned from the snapshot's image sources");
-        progress(format!("loading image {} from the snapshot", image.reference));
+        crate::restore::step(reporter, format!("loading image {} from the snapshot", image.reference), Some(source.bytes));
         let shown = source.label();
         let mut replay = TreeReplay::new(reader, snapshot_id, source);
         let said = crate::source::image::load(handle, docker, &shown, || loop {

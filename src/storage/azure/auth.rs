@@ -48,7 +48,7 @@ pub fn resolve(config: &AzureConfig) -> Result<Credential, ResolveError> {
         None if key.is_some() => AzureCredential::SharedKey,
         None if sas.is_some() => AzureCredential::Sas,
         None => {
-            return Err("repository.azure: no credential found: set AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_CONNECTION_STRING (or key_file, sas_file, connection_string_file), or set repository.azure.credential to managed_identity, workload_identity or azure_cli".into())
+            return Err("no credential found: set AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_CONNECTION_STRING (or key_file, sas_file, connection_string_file), or set repository.azure.credential to managed_identity, workload_identity or azure_cli".into())
         }
     };
     let missing = |what: &str, variable: &str, file_key: &str| {

@@ -71,7 +71,7 @@ impl AzureStorage {
     /// Resolves the credential and builds the clients; sends nothing yet. `spool_dir` holds (unlinked)
     /// temporary copies of objects larger than a few MiB while they upload.
     pub fn open(config: &AzureConfig, spool_dir: &Path) -> Result<Self, StorageError> {
-        let refused = |message: String| StorageError::Refused { location: "repository.azure".into(), message };
+        let refused = |message: String| StorageError::Refused { location: "the Azure target".into(), message };
         let container = config.container.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
             refused("repository.azure.container is not set: name the blob container (STACKVAULT_REPOSITORY_AZURE_CONTAINER)".into())
         })?;
@@ -86,7 +86,7 @@ impl AzureStorage {
         let credential = auth::resolve(config).map_err(refused)?;
         // An expired token, or one that cannot even read, is told before any request.
         if let Signer::Sas(sas) = &credential.signer {
-            sas.check(&credential.origin, false).map_err(|message| StorageError::Denied { location: "repository.azure".into(), message })?;
+            sas.check(&credential.origin, false).map_err(|message| StorageError::Denied { location: "the Azure target".into(), message })?;
         }
         let mut container_url = credential.endpoint.clone();
         container_url.path_segments_mut().map_err(|()| refused("repository.azure.endpoint cannot hold a path".into()))?.pop_if_empty().push(container);
