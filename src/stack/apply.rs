@@ -90,19 +90,17 @@ pub fn pull(handle: &Handle, docker: &Docker, plan: &Plan, report: &dyn Fn(Strin
     Ok(())
 }
 
-/// Creates every container of the plan (stopped); by its image reference where `by_reference` holds
-/// the image's id (the reference names that image here), else by the image's id.
-pub fn create(handle: &Handle, docker: &Docker, plan: &Plan, by_reference: &std::collections::BTreeSet<String>, report: &dyn Fn(String)) -> Result<(), Error> {
-    for container in &plan.containers {
-        report(format!("creating container {}", container.name));
-        let (primary, others) = networks_of(container);
-        let body = body_of(container, primary.as_ref(), by_reference.contains(&container.image_id));
-        let options = CreateContainerOptionsBuilder::default().name(&container.name).build();
-        handle.block_on(docker.create_container(Some(options), body)).map_err(DockerError::api(format!("creating container {}", container.name)))?;
-        for (network, endpoint) in others {
-            let request = bollard::models::NetworkConnectRequest { container: container.name.clone(), endpoint_config: Some(endpoint) };
-            handle.block_on(docker.connect_network(&network, request)).map_err(DockerError::api(format!("connecting container {} to network {network}", container.name)))?;
-        }
+/// Creates a container of the plan (stopped); by its image reference where `by_reference` holds the
+/// image's id (the reference names that image here), else by the image's id.
+pub fn create(handle: &Handle, docker: &Docker, container: &ContainerDefinition, by_reference: &std::collections::BTreeSet<String>, report: &dyn Fn(String)) -> Result<(), Error> {
+    report(format!("creating container {}", container.name));
+    let (primary, others) = networks_of(container);
+    let body = body_of(container, primary.as_ref(), by_reference.contains(&container.image_id));
+    let options = CreateContainerOptionsBuilder::default().name(&container.name).build();
+    handle.block_on(docker.create_container(Some(options), body)).map_err(DockerError::api(format!("creating container {}", container.name)))?;
+    for (network, endpoint) in others {
+        let request = bollard::models::NetworkConnectRequest { container: container.name.clone(), endpoint_config: Some(endpoint) };
+        handle.block_on(docker.connect_network(&network, request)).map_err(DockerError::api(format!("connecting container {} to network {network}", container.name)))?;
     }
     Ok(())
 }

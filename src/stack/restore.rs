@@ -80,6 +80,9 @@ pub async fn restore(
         let mut restored = Vec::new();
         let force = options.force || replace;
         let narrowed = !wanted.is_empty();
+        // Each volume's and bind mount's data, restored just before the first container that mounts it
+        // starts, or while a database server starts up (its dumps wait for it anyway).
+        let mut pending: Vec<(SourceRecord, String, &SourceRecord)> = Vec::new();
         for source in &snapshot.sources {
             let (record, destination) = match source.kind {
                 SourceKind::Volume if plan.volume_names.contains_key(&source.name) => {
@@ -105,14 +108,25 @@ pub async fn restore(
                 }
                 _ => continue,
             };
-            crate::restore::step(&reporter, format!("restoring {} into {destination}", source.label()), Some(source.bytes));
-            let warnings = restore_mount(&handle, &engine, &mut reader, snapshot_id, &record, force)?;
-            restored.push(RestoredSource { source: source.label(), destination, warnings });
+            pending.push((record, destination, source));
         }
+        let started: BTreeSet<&str> = plan.containers.iter().filter(|c| c.running).map(|c| c.name.as_str()).collect();
+        let users = |source: &SourceRecord| -> BTreeSet<String> { source.mounted_by.iter().filter_map(|m| m.split(':').next()).map(|c| plan.rename(c)).collect() };
+        let mut restore_data = |reader: &mut BlobReader, restored: &mut Vec<RestoredSource>, now: &dyn Fn(&SourceRecord) -> bool| -> Result<(), Error> {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut pending).into_iter().partition(|(_, _, source)| now(source));
+            pending = later;
+            for (record, destination, source) in due {
+                crate::restore::step(&reporter, format!("restoring {} into {destination}", source.label()), Some(source.bytes));
+                let warnings = restore_mount(&handle, &engine, reader, snapshot_id, &record, force)?;
+                restored.push(RestoredSource { source: source.label(), destination, warnings });
+            }
+            Ok(())
+        };
+        // What no container started here mounts goes first.
+        restore_data(&mut reader, &mut restored, &|source| users(source).iter().all(|u| !started.contains(u.as_str())))?;
         load_images(&handle, docker, &mut reader, snapshot_id, &snapshot, &plan, &reporter)?;
         apply::pull(&handle, docker, &plan, &note)?;
         let by_reference = references_that_hold(&handle, docker, &plan);
-        apply::create(&handle, docker, &plan, &by_reference, &note)?;
         let load_dumps = |server: &str, reader: &mut BlobReader, restored: &mut Vec<RestoredSource>| -> Result<(), Error> {
             for dump in snapshot.sources.iter().filter(|s| s.dump.as_ref().is_some_and(|d| plan.rename(&d.container) == server)) {
                 crate::restore::step(&reporter, format!("loading {} into container {server}", dump.label()), Some(dump.bytes));
@@ -125,13 +139,24 @@ pub async fn restore(
         for server in &plan.kept {
             load_dumps(server, &mut reader, &mut restored)?;
         }
+        // Each container is created once its volumes hold their data: the engine copies an image's
+        // files into a volume that is empty when a container first mounts it.
         for container in plan.containers.iter().filter(|c| c.running) {
+            restore_data(&mut reader, &mut restored, &|source| users(source).contains(&container.name))?;
+            apply::create(&handle, docker, container, &by_reference, &note)?;
             for wait in plan.waits.get(&container.name).into_iter().flatten() {
                 apply::wait_for(&handle, docker, wait)?;
             }
             note(format!("starting container {}", container.name));
             apply::start(&handle, docker, &container.name)?;
+            if snapshot.sources.iter().any(|s| s.dump.as_ref().is_some_and(|d| plan.rename(&d.container) == container.name)) {
+                restore_data(&mut reader, &mut restored, &|_| true)?;
+            }
             load_dumps(&container.name, &mut reader, &mut restored)?;
+        }
+        restore_data(&mut reader, &mut restored, &|_| true)?;
+        for container in plan.containers.iter().filter(|c| !c.running) {
+            apply::create(&handle, docker, container, &by_reference, &note)?;
         }
         let containers = apply::settle(&handle, docker, &plan)?;
         Ok(RestoreOutcome { snapshot: snapshot_id, restored, plan: described, containers, recovery: Some(clock.elapsed()) })
