@@ -239,6 +239,7 @@ pub fn plan(definition: &StackDefinition, target: &TargetState, options: &PlanOp
             }
             remove.push(c.name.clone());
         }
+        notes.extend(host_access(&c));
         let host = &mut c.host_config;
         // Volumes by their new names; bind mounts moved aside under another project.
         let mut moved = |path: &str| -> String {
@@ -299,6 +300,35 @@ pub fn plan(definition: &StackDefinition, target: &TargetState, options: &PlanOp
     let needed: BTreeSet<&String> = containers.iter().map(|c| &c.image_id).collect();
     let images = images.into_iter().filter(|(image, _): &(ImageDefinition, ImageSource)| needed.contains(&image.id)).collect();
     Plan { project, original_project, remove, kept, networks, volumes, empty_volumes, images, containers, waits, volume_names, bind_paths, notes }
+}
+
+/// What a container may do to the host beyond its own files, said in the plan: a repository is
+/// hostile input (whoever can write to the storage can write a definition), so such a container is
+/// never created unannounced; `--dry-run` shows it before anything runs.
+fn host_access(c: &ContainerDefinition) -> Vec<String> {
+    let host = &c.host_config;
+    let mut powers = Vec::new();
+    if host.privileged == Some(true) {
+        powers.push("runs privileged".to_string());
+    }
+    for (what, mode) in [("network", &host.network_mode), ("PID namespace", &host.pid_mode), ("IPC namespace", &host.ipc_mode)] {
+        if mode.as_deref() == Some("host") {
+            powers.push(format!("shares the host's {what}"));
+        }
+    }
+    if let Some(caps) = host.cap_add.as_ref().filter(|c| !c.is_empty()) {
+        powers.push(format!("adds capabilities {}", caps.join(", ")));
+    }
+    if let Some(devices) = host.devices.as_ref().filter(|d| !d.is_empty()) {
+        powers.push(format!("gets devices {}", devices.iter().filter_map(|d| d.path_on_host.clone()).collect::<Vec<_>>().join(", ")));
+    }
+    let system = ["/", "/etc", "/root", "/var/run/docker.sock", "/run/docker.sock", "/proc", "/sys", "/boot", "/dev"];
+    for bind in host.binds.iter().flatten().filter_map(|b| b.split(':').next()).chain(host.mounts.iter().flatten().filter(|m| m.typ == Some(MountType::BIND)).filter_map(|m| m.source.as_deref())) {
+        if system.contains(&bind.trim_end_matches('/')) || bind == "/" {
+            powers.push(format!("bind-mounts the host's {bind}"));
+        }
+    }
+    powers.into_iter().map(|p| format!("container {} {p}, as in the snapshot", c.name)).collect()
 }
 
 /// Orders containers so that each starts after what its compose `depends_on` label names
@@ -414,6 +444,13 @@ mod tests {
         assert!(app.networks.contains_key("dr_default"));
         assert_eq!(plan.networks[0].0.name, "dr_default");
         assert_eq!(plan.images[0].1, ImageSource::Pull);
+
+        let mut powerful = definition();
+        powerful.containers[0].host_config.privileged = Some(true);
+        powerful.containers[0].host_config.binds = Some(vec!["/var/run/docker.sock:/var/run/docker.sock".into()]);
+        let plan = super::plan(&powerful, &target, &options);
+        let said = plan.describe().join("\n");
+        assert!(said.contains("note: container dr-app-1 runs privileged") && said.contains("bind-mounts the host's /var/run/docker.sock"), "{said}");
 
         // The same project: the existing container is kept (and what depends on nothing else starts).
         let same = PlanOptions { project: None, ..options };
