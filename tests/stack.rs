@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -152,16 +152,18 @@ impl Stack {
     }
 
     fn cleanup(self) {
-        let p = &self.project;
-        for suffix in ["-app-1", "-db-1"] {
-            let _ = Command::new("docker").args(["rm", "-f", &format!("{p}{suffix}")]).output();
-        }
-        for volume in ["_db", "_files"] {
-            let _ = Command::new("docker").args(["volume", "rm", &format!("{p}{volume}")]).output();
-        }
-        let _ = Command::new("docker").args(["network", "rm", &format!("{p}_default")]).output();
+        remove_stack(&self.project);
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+/// Removes a stack of this test's shape under project `project`: containers, volumes, network.
+fn remove_stack(project: &str) {
+    remove_project_containers(project);
+    for volume in ["_db", "_files"] {
+        let _ = Command::new("docker").args(["volume", "rm", &format!("{project}{volume}")]).output();
+    }
+    let _ = Command::new("docker").args(["network", "rm", &format!("{project}_default")]).output();
 }
 
 fn health(host: &str, container: &str) -> String {
@@ -258,13 +260,6 @@ fn beside_the_original_under_another_project_and_back_to_last_night_with_replace
     assert_same(&before, &back);
     assert_eq!(stack.rows("", &format!("{p}-db-1")), rows);
 
-    for suffix in ["-app-1", "-db-1"] {
-        let _ = Command::new("docker").args(["rm", "-f", &format!("{copy}{suffix}")]).output();
-    }
-    for volume in ["_db", "_files"] {
-        let _ = Command::new("docker").args(["volume", "rm", &format!("{copy}{volume}")]).output();
-    }
-    let _ = Command::new("docker").args(["network", "rm", &format!("{copy}_default")]).output();
-    let _ = std::fs::remove_dir_all(Path::new(&stack.work).join("state"));
+    remove_stack(&copy);
     stack.cleanup();
 }
