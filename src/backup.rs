@@ -99,7 +99,7 @@ struct Plan {
     skipped: Vec<String>,
     stop: Vec<String>,
     hooks: Vec<Hook>,
-    /// The selected containers, by name (less this sidecar's own), whose definition a snapshot keeps.
+    /// The selected containers, by name, whose definition a snapshot keeps.
     containers: Vec<String>,
 }
 
@@ -119,13 +119,7 @@ async fn plan(config: &Config) -> Result<Plan, Error> {
         }
         skipped = found.skipped;
         sources.extend(found.sources.into_iter().map(Planned::Mount));
-        (dumps, stop, hooks) = (found.dumps, found.stop, found.hooks);
-        for name in found.containers {
-            let inspected = started.docker.inspect_container(&name, None).await.map_err(crate::docker::DockerError::api(format!("inspecting container {name}")))?;
-            if inspected.id.as_deref() != started.own_id() {
-                containers.push(name);
-            }
-        }
+        (dumps, stop, hooks, containers) = (found.dumps, found.stop, found.hooks, found.containers);
         engine = Some(started);
     }
     sources.extend(config.paths.iter().cloned().map(Planned::Path));
@@ -141,24 +135,20 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let stack = config.stack()?.to_string();
     let repo = Arc::new(crate::open_repository(config)?);
     check_recipients(config, &repo)?;
-    let target_notes = repo.storage.check_writable(false)?;
+    let mut target_notes = repo.storage.check_writable(false)?;
     let Plan { engine, dumps, sources: planned, skipped, stop, hooks, containers } = plan(config).await?;
-    if !dumps.is_empty() && repo.config.version < 3 {
-        return Err(Error::Usage(format!(
-            "the repository is in format version {}; database dumps need version 3: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
+    let needs_version = |wanted: bool, version: u32, what: &str| match wanted && repo.config.version < version {
+        true => Err(Error::Usage(format!(
+            "the repository is in format version {}; {what} need version {version}: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
             repo.config.version
-        )));
-    }
-    if config.images == ImagesMode::Include && repo.config.version < 4 {
-        return Err(Error::Usage(format!(
-            "the repository is in format version {}; images: include needs version 4: run `stackvault migrate` first (it replaces only the config, every snapshot stays readable)",
-            repo.config.version
-        )));
-    }
+        ))),
+        false => Ok(()),
+    };
+    needs_version(!dumps.is_empty(), 3, "database dumps")?;
+    needs_version(config.images == ImagesMode::Include, 4, "images (images: include)")?;
     // The stack's definition, taken before anything is stopped (a stopped container's state would say so).
-    let mut target_notes = target_notes;
     let definition = match &engine {
-        Some(engine) if repo.config.version >= 4 => Some(crate::stack::definition::capture(&engine.docker, &containers).await?),
+        Some(engine) if repo.config.version >= 4 => Some(crate::stack::definition::capture(&engine.docker, &containers, engine.own_id()).await?),
         Some(_) => {
             target_notes.push(format!("the repository is in format version {}: snapshots keep no stack definition (whole-stack restore needs version 4): run `stackvault migrate`", repo.config.version));
             None

@@ -231,13 +231,10 @@ pub(crate) fn restore_dump(
     };
     let mut replay = TreeReplay::new(reader, snapshot, source);
     let mut send = |input: &mut dyn std::io::Write| -> Result<(), Error> {
-        loop {
-            match replay.next_event().map_err(|e| replay.blame(e, &shown))? {
-                Event::Data(piece) => input.write_all(&piece).map_err(|e| Error::source(&shown, SourceError::Stream(e)))?,
-                Event::End => return Ok(()),
-                _ => {}
-            }
+        while let Some(piece) = replay.next_piece(&shown)? {
+            input.write_all(&piece).map_err(|e| Error::source(&shown, SourceError::Stream(e)))?;
         }
+        Ok(())
     };
     let warnings = dump::restore(handle, docker, &container, record, &loader, force, &mut send)?;
     let destination = match &record.database {
@@ -381,6 +378,18 @@ struct OpenFile {
 impl<'r, 'a> TreeReplay<'r, 'a> {
     pub(crate) fn new(reader: &'r mut BlobReader<'a>, snapshot: Id, source: &SourceRecord) -> Self {
         TreeReplay { walk: SnapshotWalk::new(reader, snapshot, source), file: None, failure: None }
+    }
+
+    /// The next piece of a single-file source's content (a dump, an image, a stack definition), or
+    /// `None` at its end.
+    pub(crate) fn next_piece(&mut self, shown: &str) -> Result<Option<Vec<u8>>, Error> {
+        loop {
+            match self.next_event().map_err(|e| self.blame(e, shown))? {
+                Event::Data(piece) => return Ok(Some(piece)),
+                Event::End => return Ok(None),
+                _ => {}
+            }
+        }
     }
 
     pub(crate) fn blame(&mut self, error: SourceError, shown: &str) -> Error {

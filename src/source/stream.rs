@@ -11,7 +11,6 @@ pub struct ByteStream<R> {
     reader: R,
     what: String,
     stage: Stage,
-    pub bytes: u64,
 }
 
 #[derive(PartialEq)]
@@ -32,7 +31,7 @@ pub fn stream_root() -> Meta {
 impl<R: Read> ByteStream<R> {
     /// `what` names the stream in errors ("image mariadb:11").
     pub fn new(reader: R, what: impl Into<String>) -> Self {
-        ByteStream { reader, what: what.into(), stage: Stage::Start, bytes: 0 }
+        ByteStream { reader, what: what.into(), stage: Stage::Start }
     }
 }
 
@@ -50,7 +49,6 @@ impl<R: Read + Send> EventSource for ByteStream<R> {
                     self.stage = Stage::Ended;
                     return Ok(Event::FileEnd);
                 }
-                self.bytes += piece.len() as u64;
                 Ok(Event::Data(piece))
             }
             Stage::Ended => {

@@ -109,8 +109,9 @@ pub struct ImageDefinition {
 /// Networks every engine has; never created nor removed by a restore.
 pub const ENGINE_NETWORKS: [&str; 3] = ["bridge", "host", "none"];
 
-/// Inspects `containers` (names) and what they use.
-pub async fn capture(docker: &Docker, containers: &[String]) -> Result<StackDefinition, DockerError> {
+/// Inspects `containers` (names) and what they use; the sidecar's own container (`own_id`) is none of
+/// the stack's: a restore has its own stackvault.
+pub async fn capture(docker: &Docker, containers: &[String], own_id: Option<&str>) -> Result<StackDefinition, DockerError> {
     let mut definition = StackDefinition::default();
     let mut projects = BTreeSet::new();
     let mut static_networks = BTreeSet::new();
@@ -119,6 +120,9 @@ pub async fn capture(docker: &Docker, containers: &[String]) -> Result<StackDefi
     for name in containers {
         let inspected = docker.inspect_container(name, None).await.map_err(DockerError::api(format!("inspecting container {name}")))?;
         let id = inspected.id.clone().unwrap_or_default();
+        if own_id == Some(id.as_str()) {
+            continue;
+        }
         let mut config = inspected.config.unwrap_or_default();
         // The engine names a container's host after its id unless told otherwise.
         if config.hostname.as_deref().is_some_and(|h| !h.is_empty() && id.starts_with(h)) {

@@ -23,7 +23,6 @@ use crate::repo::pack::BlobReader;
 use crate::repo::tree::check_snapshot;
 use crate::repo::{Id, RepoError, Repository, Snapshot};
 use crate::restore::{restore_dump, restore_local, restore_mount, Only, RestoreOptions, RestoreOutcome, RestoredSource, TreeReplay};
-use crate::source::{Event, EventSource};
 use crate::Error;
 
 pub async fn restore(
@@ -200,16 +199,10 @@ fn narrow(mut definition: StackDefinition, wanted: &[String]) -> Result<StackDef
 fn read_definition(reader: &mut BlobReader, snapshot: Id, source: &SourceRecord) -> Result<StackDefinition, Error> {
     let mut replay = TreeReplay::new(reader, snapshot, source);
     let mut bytes = Vec::new();
-    loop {
-        match replay.next_event().map_err(|e| replay.blame(e, "stack definition"))? {
-            Event::Data(piece) => {
-                bytes.extend_from_slice(&piece);
-                if bytes.len() as u64 > MAX_DEFINITION {
-                    return Err(RepoError::invalid(&snapshot, format!("its stack definition is larger than {MAX_DEFINITION} bytes")).into());
-                }
-            }
-            Event::End => break,
-            _ => {}
+    while let Some(piece) = replay.next_piece("stack definition")? {
+        bytes.extend_from_slice(&piece);
+        if bytes.len() as u64 > MAX_DEFINITION {
+            return Err(RepoError::invalid(&snapshot, format!("its stack definition is larger than {MAX_DEFINITION} bytes")).into());
         }
     }
     serde_json::from_slice(&bytes).map_err(|e| RepoError::invalid(&snapshot, format!("its stack definition does not parse: {e}")).into())
@@ -248,13 +241,7 @@ fn load_images(handle: &Handle, docker: &Docker, reader: &mut BlobReader, snapsh
         crate::restore::step(reporter, format!("loading image {} from the snapshot", image.reference), Some(source.bytes));
         let shown = source.label();
         let mut replay = TreeReplay::new(reader, snapshot_id, source);
-        let said = crate::source::image::load(handle, docker, &shown, || loop {
-            match replay.next_event().map_err(|e| replay.blame(e, &shown))? {
-                Event::Data(piece) => return Ok(Some(piece)),
-                Event::End => return Ok(None),
-                _ => {}
-            }
-        })?;
+        let said = crate::source::image::load(handle, docker, &shown, || replay.next_piece(&shown))?;
         if handle.block_on(docker.inspect_image(&image.id)).is_err() {
             return Err(Error::source(&shown, format!("the engine loaded it ({said}) but has no image {}", image.id)));
         }
