@@ -2,6 +2,7 @@
 //! manifest last, so that a failed or killed run never leaves a snapshot that looks complete; the packs
 //! it did store are reused by the next run, which is how an interrupted backup resumes.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -129,13 +130,30 @@ async fn plan(config: &Config) -> Result<Plan, Error> {
     Ok(Plan { engine, dumps, sources, skipped, stop, hooks, containers })
 }
 
-pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
+/// Where a backup stores its snapshot.
+pub enum Destination {
+    /// The configured target.
+    Target,
+    /// A staging area standing in for a target that cannot be written (`runner::staging`): a
+    /// repository directory holding a copy of the target's config. Blobs the local index knows on
+    /// the target are not stored again, except those in `absent` (staged for other pending snapshots).
+    Staging { dir: PathBuf, absent: HashSet<Id> },
+}
+
+pub async fn backup(config: &Config, destination: &Destination) -> Result<BackupOutcome, Error> {
     let clock = Instant::now();
     let time = crate::now_rfc3339();
     let stack = config.stack()?.to_string();
-    let repo = Arc::new(crate::open_repository(config)?);
+    let (repo, offline) = match destination {
+        Destination::Target => (crate::open_repository(config)?, None),
+        Destination::Staging { dir, absent } => (crate::open_staging_repository(config, dir)?, Some(absent.clone())),
+    };
+    let repo = Arc::new(repo);
     check_recipients(config, &repo)?;
-    let mut target_notes = repo.storage.check_writable(false)?;
+    let mut target_notes = match offline {
+        None => repo.storage.check_writable(false)?,
+        Some(_) => Vec::new(),
+    };
     let Plan { engine, dumps, sources: planned, skipped, stop, hooks, containers } = plan(config).await?;
     let needs_version = |wanted: bool, version: u32, what: &str| match wanted && repo.config.version < version {
         true => Err(Error::Usage(format!(
@@ -178,7 +196,14 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     let stopped_slot = stopped.clone();
     let archived = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let engine = work_engine;
-        let mut index = repo.load_index()?;
+        let mut index = match (&offline, &repo.index_cache) {
+            (Some(absent), Some(cache)) => Index::load_offline(repo.storage.as_ref(), cache, absent)?,
+            _ => {
+                let mut index = repo.load_index()?;
+                index.keep_on_drop();
+                index
+            }
+        };
         let known = index.known_packs();
         let mut archiver = Archiver::new(&mut index, &repo, recipients);
         let mut records = Vec::new();
@@ -192,7 +217,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             for job in jobs {
                 let shown = format!("dump {}", job.name());
                 let mut stream = DumpStream::start(&handle, engine, job.clone()).map_err(|e| Error::source(&shown, e))?;
-                let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
+                let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::archive(&shown, e))?;
                 let mut record = SourceRecord::new(SourceKind::Dump, job.name(), archived.root);
                 record.bytes = archived.stats.bytes;
                 record.dump = stream.record.take();
@@ -209,7 +234,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
             let canonical = serde_json::to_value(definition).expect("a stack definition serializes");
             let json = serde_json::to_vec_pretty(&canonical).expect("a JSON value serializes");
             let mut stream = ByteStream::new(std::io::Cursor::new(json), "the stack's definition");
-            let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source("stack definition", e))?;
+            let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::archive("stack definition", e))?;
             let mut record = SourceRecord::new(SourceKind::Stack, stack_name.clone(), archived.root);
             record.bytes = archived.stats.bytes;
             stack_records.push(record);
@@ -221,7 +246,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
                     let by_reference = handle.block_on(engine.docker.inspect_image(&image.reference)).ok().and_then(|i| i.id) == Some(image.id.clone());
                     let name = if by_reference { &image.reference } else { &image.id };
                     let mut stream = ByteStream::new(crate::source::image::export(&handle, &engine.docker, name), &shown);
-                    let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::source(&shown, e))?;
+                    let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::archive(&shown, e))?;
                     let mut record = SourceRecord::new(SourceKind::Image, image.reference.clone(), archived.root);
                     record.bytes = archived.stats.bytes;
                     record.image = Some(ImageRecord { id: image.id.clone(), reference: image.reference.clone() });
@@ -281,7 +306,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         routes.append(&mut stack_routes);
         let new_bytes = archiver.new_bytes;
         let finished = archiver.finish()?;
-        Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config))
+        Ok((repo, records, caches, unchanged_files, new_bytes, finished, index, routes, config, offline))
     })
     .await;
     let mut consistency = Vec::new();
@@ -303,7 +328,7 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
         (Err(e), true) => return Err(e),
         (Err(e), false) => return Err(Error::Usage(format!("{e}; and then: {}", consistency.join("; ")))),
     };
-    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config) = archived;
+    let (repo, sources, caches, unchanged_files, new_bytes, Finished { report, packs, stored }, mut index, routes, config, offline) = archived;
 
     let summary = Summary {
         entries: sources.iter().map(|s| s.entries).sum(),
@@ -316,9 +341,13 @@ pub async fn backup(config: &Config) -> Result<BackupOutcome, Error> {
     };
     let snapshot = Snapshot { version: repo.config.version, time, stack, hostname, program: crate::program(), sources, packs, summary };
     let id = repo.save_snapshot(&snapshot)?;
-    // Only now: the cache describes what a snapshot holds.
     let mut warnings: Vec<String> = restarted;
     warnings.extend(target_notes);
+    if offline.is_some() {
+        // The local caches keep describing the target: a staged snapshot's packs are not on it yet.
+        return Ok(BackupOutcome { id, snapshot, skipped, warnings, routes });
+    }
+    // Only now: the cache describes what a snapshot holds.
     warnings.extend(caches
         .into_iter()
         .filter_map(|(writer, failed)| {
@@ -487,7 +516,7 @@ fn read_source<T>(
             });
             consume(&mut ChannelSource::new(rx))
         });
-        return consumed.map(|t| (t, route)).map_err(|e| Error::source(&shown, e));
+        return consumed.map(|t| (t, route)).map_err(|e| Error::archive(&shown, e));
     }
     let (Planned::Mount(mount), Some(engine)) = (source, engine) else { unreachable!("only mounts come without a local path") };
     let route = format!("through a helper, {}", engine.route());
@@ -539,6 +568,9 @@ fn read_mount<T>(
             // The agent's own words, when it has any, say more than a broken stream does.
             let stderr = helper.stderr();
             handle.block_on(helper.abort());
+            if matches!(e, ArchiveError::Repo(RepoError::Storage(_))) {
+                return Err(Error::archive(shown, e));
+            }
             let detail = if stderr.is_empty() { e.to_string() } else { format!("{e} (agent: {stderr})") };
             Err(Error::Source { source_name: shown.to_string(), message: detail })
         }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::repo::crypt::{self, Recipient};
+use crate::runner::alerts::WebhookConfig;
+use crate::runner::log::LogFormat;
+use crate::runner::schedule::Schedule;
 
 pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/stackvault";
@@ -59,9 +62,166 @@ pub struct Config {
     /// can be restored); `reference` (default): only their references and ids, and restore pulls.
     #[serde(default)]
     pub images: ImagesMode,
+    /// When the daemon runs backups (README, "The nightly runner").
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Address for `/healthz` and `/metrics`; off unless set.
+    #[serde(default, deserialize_with = "socket_address")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// `text` or `json`; default: text on a terminal, JSON otherwise.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub staging: StagingConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
+}
+
+pub const DEFAULT_CRON: &str = "0 2 * * *";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// 5 fields, or 6 with seconds first; default 02:00 every night.
+    #[serde(default, deserialize_with = "cron")]
+    pub cron: Option<String>,
+    /// An IANA zone name; default UTC.
+    #[serde(default, deserialize_with = "timezone")]
+    pub timezone: Option<String>,
+    /// A random delay up to this long before each run.
+    #[serde(default, deserialize_with = "duration")]
+    pub jitter: Option<std::time::Duration>,
+}
+
+impl ScheduleConfig {
+    pub fn schedule(&self) -> Result<Schedule, String> {
+        Schedule::parse(self.cron.as_deref().unwrap_or(DEFAULT_CRON), self.timezone.as_deref().unwrap_or("UTC"))
+    }
+}
+
+fn cron<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let cron = String::deserialize(d)?;
+    Schedule::parse(&cron, "UTC").map_err(|e| serde::de::Error::custom(format!("schedule.cron {cron:?}: {e}")))?;
+    Ok(Some(cron))
+}
+
+fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let zone = String::deserialize(d)?;
+    Schedule::parse(DEFAULT_CRON, &zone).map_err(|e| serde::de::Error::custom(format!("schedule.timezone: {e}")))?;
+    Ok(Some(zone))
+}
+
+fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_socket_address(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn parse_socket_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| format!("listen {text:?} is not an address with a port, such as 127.0.0.1:9102 or [::]:9102"))
+}
+
+/// Where pending snapshots wait when the target cannot take them (`state_dir/staging`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagingConfig {
+    /// At most this much; the oldest pending snapshots are dropped first. `0` turns staging off.
+    /// Default 10GiB.
+    #[serde(default, deserialize_with = "byte_size")]
+    pub max_bytes: Option<u64>,
+}
+
+impl StagingConfig {
+    /// The cap, or `None` when staging is off.
+    pub fn max_bytes(&self) -> Option<u64> {
+        Some(self.max_bytes.unwrap_or(10 << 30)).filter(|&max| max > 0)
+    }
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Number(n) => Ok(Some(n)),
+        Size::Text(text) => parse_byte_size(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `50GiB`, `500MB`, `1048576`: binary and decimal units.
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = (&text[..split], text[split..].trim());
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(format!("{text:?} is not a size such as 50GiB, 500MB or 1048576")),
+    };
+    digits.parse::<u64>().ok().and_then(|n| n.checked_mul(factor)).ok_or_else(|| format!("{text:?} is not a size such as 50GiB, 500MB or 1048576"))
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// How often the daemon tries to upload pending snapshots; default 15m.
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<std::time::Duration>,
+    /// How long a pending snapshot is retried before it is reported lost; default by target: a share
+    /// 15 days, Azure 10 days.
+    #[serde(default, deserialize_with = "duration")]
+    pub window: Option<std::time::Duration>,
+}
+
+impl RetryConfig {
+    pub fn interval(&self) -> std::time::Duration {
+        self.interval.unwrap_or(std::time::Duration::from_secs(15 * 60))
+    }
+
+    pub fn window(&self, config: &Config) -> std::time::Duration {
+        let days = match config.target() {
+            Ok(Target::Azure(_)) => 10,
+            _ => 15,
+        };
+        self.window.unwrap_or(std::time::Duration::from_secs(days * 86_400))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `/healthz` fails once the last success is older than the schedule's period plus this; default 6h.
+    #[serde(default, deserialize_with = "duration")]
+    pub grace: Option<std::time::Duration>,
+}
+
+impl HealthConfig {
+    pub fn grace(&self) -> std::time::Duration {
+        self.grace.unwrap_or(std::time::Duration::from_secs(6 * 3600))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -356,6 +516,29 @@ impl Config {
                     let azure = self.repository.azure.get_or_insert_with(AzureConfig::default);
                     azure.apply_env(&name["STACKVAULT_REPOSITORY_AZURE_".len()..], &value).map_err(env_err)?
                 }
+                "STACKVAULT_SCHEDULE_CRON" => {
+                    Schedule::parse(&value, "UTC").map_err(env_err)?;
+                    self.schedule.cron = Some(value.clone());
+                }
+                "STACKVAULT_SCHEDULE_TIMEZONE" => {
+                    Schedule::parse(DEFAULT_CRON, &value).map_err(env_err)?;
+                    self.schedule.timezone = Some(value.clone());
+                }
+                "STACKVAULT_SCHEDULE_JITTER" => self.schedule.jitter = Some(parse_duration(&value).map_err(env_err)?),
+                "STACKVAULT_LISTEN" => self.listen = Some(parse_socket_address(&value).map_err(env_err)?),
+                "STACKVAULT_LOG_FORMAT" => {
+                    self.log_format = Some(serde_yaml_ng::from_str(&value).map_err(|_| env_err(format!("{value:?} is not text or json")))?)
+                }
+                "STACKVAULT_STAGING_MAX_BYTES" => self.staging.max_bytes = Some(parse_byte_size(&value).map_err(env_err)?),
+                "STACKVAULT_RETRY_INTERVAL" => self.retry.interval = Some(parse_duration(&value).map_err(env_err)?),
+                "STACKVAULT_RETRY_WINDOW" => self.retry.window = Some(parse_duration(&value).map_err(env_err)?),
+                "STACKVAULT_HEALTH_GRACE" => self.health.grace = Some(parse_duration(&value).map_err(env_err)?),
+                "STACKVAULT_ALERTS_WEBHOOKS" => {
+                    // URLs only, each with the default format and events; the file gives more control.
+                    self.alerts.webhooks = list()
+                        .map(|url| serde_yaml_ng::from_str(&format!("url: {url:?}")).map_err(|e| env_err(format!("{e}"))))
+                        .collect::<Result<_, _>>()?
+                }
                 "STACKVAULT_ENCRYPTION_RECIPIENTS" => {
                     self.encryption.recipients = list().map(crypt::parse_recipient).collect::<Result<_, _>>().map_err(env_err)?
                 }
@@ -452,6 +635,20 @@ mod tests {
     fn a_bad_exclude_pattern_names_its_line() {
         let err = Config::parse("stack: a\nexclude:\n  - \"*.tmp\"\n  - \"[z-a]\"\n", "s.yaml").unwrap_err().to_string();
         assert!(err.starts_with("s.yaml:3:") && err.contains("exclude") && err.contains("[z-a]") && err.contains("invalid range"), "{err}");
+    }
+
+    #[test]
+    fn runner_settings_are_checked_where_they_are_written() {
+        let err = Config::parse("stack: a\nschedule:\n  cron: \"0 25 * * *\"\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:3:") && err.contains("hour"), "{err}");
+        let err = Config::parse("stack: a\nschedule:\n  timezone: Europe/Berln\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:3:") && err.contains("Europe/Berln"), "{err}");
+        let err = Config::parse("stack: a\nstaging:\n  max_bytes: 5 parsecs\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:3:") && err.contains("5 parsecs"), "{err}");
+        let config = Config::parse("stack: a\nstaging:\n  max_bytes: 50GiB\nlisten: 127.0.0.1:9102\n", "s.yaml").unwrap();
+        assert_eq!(config.staging.max_bytes(), Some(50 << 30));
+        assert_eq!(config.listen, Some("127.0.0.1:9102".parse().unwrap()));
+        assert_eq!(Config::parse("stack: a\nstaging:\n  max_bytes: 0\n", "s.yaml").unwrap().staging.max_bytes(), None);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     }
 
     println!("2. backing up into {} (configuration: {})", repo_path.display(), config_path.display());
-    let first = crate::backup::backup(&config).await?;
+    let first = crate::backup::backup(&config, &crate::backup::Destination::Target).await?;
     println!("   snapshot {}: {} entries, {} bytes", first.id, first.snapshot.summary.entries, first.snapshot.summary.bytes);
 
     println!("3. disaster: removing the container and its volumes");
@@ -66,7 +66,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
     println!("   {} snapshots ok, {} packs read", report.snapshots.len(), report.packs_read);
 
     println!("6. checking the restored volumes: backing them up again must give identical trees");
-    let second = crate::backup::backup(&config).await?;
+    let second = crate::backup::backup(&config, &crate::backup::Destination::Target).await?;
     let trees = |o: &crate::backup::BackupOutcome| {
         o.snapshot.sources.iter().filter(|s| s.kind == crate::repo::format::SourceKind::Volume).map(|s| (s.name.clone(), s.root.clone())).collect::<Vec<_>>()
     };

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod docker;
 pub mod repo;
 pub mod restore;
+pub mod runner;
 pub mod source;
 pub mod stack;
 pub mod storage;
@@ -38,6 +39,10 @@ pub enum Error {
     Docker(#[from] DockerError),
     #[error("{source_name}: {message}")]
     Source { source_name: String, message: String },
+    /// The target failed while a source was stored: kept typed, so that the runner can stage the
+    /// night's snapshot instead of losing it.
+    #[error("{during}: {source}")]
+    Target { during: String, source: StorageError },
     #[error("{0}")]
     Usage(String),
 }
@@ -45,6 +50,24 @@ pub enum Error {
 impl Error {
     pub fn source(source_name: impl std::fmt::Display, error: impl std::fmt::Display) -> Self {
         Error::Source { source_name: source_name.to_string(), message: error.to_string() }
+    }
+
+    /// An archiving failure of a source: the target's own failures stay typed.
+    pub fn archive(source_name: impl std::fmt::Display, error: archiver::ArchiveError) -> Self {
+        match error {
+            archiver::ArchiveError::Repo(RepoError::Storage(source)) => Error::Target { during: source_name.to_string(), source },
+            other => Error::source(source_name, other),
+        }
+    }
+
+    /// The target's failure behind this error, if it is one: the target could not be reached,
+    /// written or authenticated to, which trying again later (or a staged snapshot) can overcome.
+    pub fn target_failure(&self) -> Option<&StorageError> {
+        let storage = match self {
+            Error::Storage(e) | Error::Repo(RepoError::Storage(e)) | Error::Target { source: e, .. } => e,
+            _ => return None,
+        };
+        (!matches!(storage, StorageError::Unsupported { .. })).then_some(storage)
     }
 }
 
@@ -63,6 +86,14 @@ pub fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, Error> {
 /// Opens the configured target and the repository in it.
 pub fn open_repository(config: &Config) -> Result<Repository, Error> {
     let mut repo = Repository::open(open_storage(config)?)?;
+    repo.index_cache = Some(config.cache_dir().join(&repo.config.id).join("index"));
+    Ok(repo)
+}
+
+/// Opens a staging area (`runner::staging`) as the repository it stands in for; it shares that
+/// repository's local index.
+pub fn open_staging_repository(config: &Config, dir: &std::path::Path) -> Result<Repository, Error> {
+    let mut repo = Repository::open(Arc::new(FilesystemStorage::open(dir)?))?;
     repo.index_cache = Some(config.cache_dir().join(&repo.config.id).join("index"));
     Ok(repo)
 }

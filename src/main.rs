@@ -1,5 +1,7 @@
 //! The `stackvault` command line: parse, call the library, print. Exit status 0 on success, 1 on any
-//! failure (including a verify that found damage), 2 on bad usage, 130/143 when interrupted.
+//! failure (including a verify that found damage), 2 on bad usage, 3 when a backup's snapshot was
+//! staged (the target could not be written), 4 when another run holds the state directory, 130/143
+//! when interrupted.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,6 +13,8 @@ use clap::{Parser, Subcommand};
 use stackvault::config::Config;
 use stackvault::repo::crypt::{self, Identities};
 use stackvault::restore::RestoreOptions;
+use stackvault::runner::lock::{LockError, RunLock};
+use stackvault::runner::{Outcome, Runner};
 
 #[derive(Parser)]
 #[command(name = "stackvault", version, about = "Deduplicated, encrypted, WORM-first backups of Docker Compose stacks")]
@@ -35,7 +39,24 @@ enum Command {
         /// With --dry-run: print JSON
         #[arg(long, requires = "dry_run")]
         json: bool,
+        /// When another run holds the state directory, wait up to this long (e.g. 10m) for it
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
+    /// Run backups on the schedule, retry pending snapshots, serve /healthz and /metrics on `listen`
+    Daemon,
+    /// Show the last success and failure, the next run, pending snapshots, staging use, the lock holder
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a pending snapshot now, also one past its retry window (reported lost)
+    Push {
+        /// Its id, or a unique prefix (stackvault status lists them)
+        snapshot: String,
+    },
+    /// Exit 0 when the daemon on `listen` reports healthy (for a container HEALTHCHECK)
+    Healthcheck,
     /// List the snapshots in the repository
     Snapshots {
         /// Print JSON (one array of {id, snapshot}) instead of a table
@@ -208,7 +229,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
             println!("created repository {} at {} ({encryption})", repo.config.id, repo.storage.location());
         }
-        Command::Backup { dry_run: true, json } => {
+        Command::Backup { dry_run: true, json, .. } => {
             let config = Config::load(config_path)?;
             let dry = interruptible(&config, stackvault::backup::dry_run(&config)).await??;
             if json {
@@ -238,35 +259,65 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("dry run: nothing was read but metadata, nothing was written");
         }
-        Command::Backup { .. } => {
+        Command::Backup { wait, .. } => {
             let config = Config::load(config_path)?;
+            let Some((lock, runner)) = take_lock(&config, "backup", wait.unwrap_or_default()).await? else { return Ok(ExitCode::from(EXIT_LOCKED)) };
+            let server = match config.listen {
+                Some(address) => Some(stackvault::runner::listen(address, runner.metrics.clone()).await?),
+                None => None,
+            };
             let progress = Progress::start();
-            let outcome = interruptible(&config, stackvault::backup::backup(&config)).await;
+            let outcome = interruptible(&config, runner.run(&stackvault::runner::run_id())).await;
             let (sent, seconds) = progress.stop().await;
-            let outcome = outcome??;
-            let s = &outcome.snapshot;
-            for skip in &outcome.skipped {
-                println!("skipped {skip}");
+            runner.flush_alerts(std::time::Duration::from_secs(30)).await;
+            server.inspect(|s| s.abort());
+            drop(lock);
+            let (outcome, staged) = match outcome?? {
+                Outcome::Stored(outcome) => (outcome, None),
+                Outcome::Staged { outcome, reason, dir } => (outcome, Some((reason, dir))),
+            };
+            print_backup(&outcome);
+            match staged {
+                None => println!("sent {} to the target ({}/s)", bytes(sent), bytes((sent as f64 / seconds.max(0.001)) as u64)),
+                Some((reason, dir)) => {
+                    eprintln!("error: the target could not be written: {reason}");
+                    eprintln!("snapshot {} is staged in {}: it is uploaded by the next run or `stackvault daemon` (`stackvault status` lists it)", outcome.id, dir.display());
+                    return Ok(ExitCode::from(EXIT_STAGED));
+                }
             }
-            for warning in &outcome.warnings {
-                eprintln!("warning: {warning}");
+        }
+        Command::Daemon => {
+            let config = Config::load(config_path)?;
+            stackvault::runner::daemon::run(config).await?;
+        }
+        Command::Status { json } => {
+            let config = Config::load(config_path)?;
+            status(&config, json)?;
+        }
+        Command::Push { snapshot } => {
+            let config = Config::load(config_path)?;
+            let Some((lock, runner)) = take_lock(&config, "push", std::time::Duration::ZERO).await? else { return Ok(ExitCode::from(EXIT_LOCKED)) };
+            let pending = runner.staging().find(&snapshot).map_err(anyhow::Error::msg)?;
+            let run_id = stackvault::runner::run_id();
+            let sent = interruptible(&config, runner.push(&pending)).await??;
+            runner.pushed(&run_id, &pending, sent);
+            runner.flush_alerts(std::time::Duration::from_secs(30)).await;
+            drop(lock);
+            println!("snapshot {} uploaded to the target ({} sent)", pending.id(), bytes(sent));
+        }
+        Command::Healthcheck => {
+            let config = Config::load(config_path)?;
+            let Some(mut address) = config.listen else { bail!("listen is not set in {}: the daemon serves no health endpoint", config.origin) };
+            if address.ip().is_unspecified() {
+                address.set_ip(if address.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
             }
-            for (source, route) in s.sources.iter().zip(&outcome.routes) {
-                println!("  {:?} {}: {} entries, {} (read {route})", source.kind, source.name, source.entries, bytes(source.bytes));
-                print_excluded(&source.excluded);
+            match stackvault::runner::http::probe(address).await {
+                Ok(body) => print!("{body}"),
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
             }
-            println!(
-                "snapshot {} saved: {} entries, {} ({} unchanged files not read), {} new, {} stored in {} new packs, {:.1} s",
-                outcome.id,
-                s.summary.entries,
-                bytes(s.summary.bytes),
-                s.summary.unchanged_files,
-                bytes(s.summary.new_bytes),
-                bytes(s.summary.stored_bytes),
-                s.summary.new_packs,
-                s.summary.duration_ms as f64 / 1000.0
-            );
-            println!("sent {} to the target ({}/s)", bytes(sent), bytes((sent as f64 / seconds.max(0.001)) as u64));
         }
         Command::Snapshots { json } => {
             let config = Config::load(config_path)?;
@@ -405,6 +456,115 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The exit status of a backup whose snapshot was staged: taken, but not on the target yet.
+const EXIT_STAGED: u8 = 3;
+/// The exit status of a run refused because another holds the state directory.
+const EXIT_LOCKED: u8 = 4;
+
+fn print_backup(outcome: &stackvault::backup::BackupOutcome) {
+    let s = &outcome.snapshot;
+    for skip in &outcome.skipped {
+        println!("skipped {skip}");
+    }
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for (source, route) in s.sources.iter().zip(&outcome.routes) {
+        println!("  {:?} {}: {} entries, {} (read {route})", source.kind, source.name, source.entries, bytes(source.bytes));
+        print_excluded(&source.excluded);
+    }
+    println!(
+        "snapshot {} saved: {} entries, {} ({} unchanged files not read), {} new, {} stored in {} new packs, {:.1} s",
+        outcome.id,
+        s.summary.entries,
+        bytes(s.summary.bytes),
+        s.summary.unchanged_files,
+        bytes(s.summary.new_bytes),
+        bytes(s.summary.stored_bytes),
+        s.summary.new_packs,
+        s.summary.duration_ms as f64 / 1000.0
+    );
+}
+
+/// The state directory's lock and a runner for one command; `None` (after saying who holds it) when
+/// another process holds it for longer than `wait`.
+async fn take_lock(config: &Config, command: &'static str, wait: std::time::Duration) -> Result<Option<(RunLock, Runner)>> {
+    let state_dir = config.state_dir().to_path_buf();
+    let acquired = tokio::task::spawn_blocking(move || RunLock::acquire_waiting(&state_dir, command, wait)).await?;
+    let (lock, taken_over) = match acquired {
+        Ok(acquired) => acquired,
+        Err(e @ LockError::Busy(_)) => {
+            eprintln!("error: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let runner = Runner::new(config.clone(), std::time::Duration::from_secs(86_400))?;
+    if let Some(dead) = taken_over {
+        let message = format!("took over the lock of {dead}, which is no longer running");
+        runner.log.event(stackvault::runner::log::Level::Warn, "", "lock.takeover", &message, serde_json::json!({}));
+    }
+    Ok(Some((lock, runner)))
+}
+
+fn status(config: &Config, json: bool) -> Result<()> {
+    use stackvault::runner::{lock, staging::Staging, status::Status};
+    let state_dir = config.state_dir();
+    let status = Status::load(state_dir);
+    let staging = Staging::new(state_dir);
+    let pending = staging.list();
+    let holder = lock::holder(state_dir);
+    let schedule = config.schedule.schedule().map_err(anyhow::Error::msg)?;
+    let next = schedule.next_after(std::time::SystemTime::now()).map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let now = stackvault::unix_now();
+    if json {
+        let pending: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|p| {
+                let mut record = serde_json::to_value(&p.record).expect("a record serializes");
+                record["age_seconds"] = serde_json::json!(now - p.record.staged_at);
+                record["dir"] = serde_json::json!(p.dir);
+                record
+            })
+            .collect();
+        let report = serde_json::json!({
+            "last_success": status.last_success,
+            "last_failure": status.last_failure,
+            "failing": status.failing,
+            "schedule": schedule.describe(),
+            "next_run": next,
+            "pending": pending,
+            "staging": {"dir": staging.root(), "bytes": staging.usage(), "max_bytes": config.staging.max_bytes()},
+            "lock": holder,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let run = |r: &Option<stackvault::runner::status::RunSummary>| match r {
+        None => "never".to_string(),
+        Some(r) => format!("{} ({}{}){}", r.time, r.result, r.snapshot.as_ref().map(|s| format!(", snapshot {}", &s[..12.min(s.len())])).unwrap_or_default(), r.reason.as_ref().map(|m| format!(": {m}")).unwrap_or_default()),
+    };
+    println!("last success: {}", run(&status.last_success));
+    println!("last failure: {}", run(&status.last_failure));
+    println!("next run:     {} ({})", next.as_deref().unwrap_or("never"), schedule.describe());
+    match &holder {
+        Some(holder) => println!("lock:         held by {holder}"),
+        None => println!("lock:         free"),
+    }
+    let cap = config.staging.max_bytes().map(bytes).unwrap_or_else(|| "off".into());
+    println!("staging:      {} of {cap} in {}", bytes(staging.usage()), staging.root().display());
+    for p in &pending {
+        let state = match &p.record.lost {
+            Some(reason) => format!("LOST ({reason}): upload it with `stackvault push {}`", &p.id()[..12]),
+            None => format!("pending, {} attempts{}", p.record.attempts, p.record.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()),
+        };
+        let age = std::time::Duration::from_secs((now - p.record.staged_at).max(0) as u64);
+        println!("  {} of {}: {}, staged {} ago; {state}", &p.id()[..12], p.record.time, bytes(p.record.bytes), humantime::format_duration(age));
+    }
+    println!("{} pending snapshots", pending.iter().filter(|p| p.record.lost.is_none()).count());
+    Ok(())
+}
+
 /// Runs a command that may start helper containers; on SIGINT or SIGTERM removes them and stops. The
 /// snapshot manifest is written last, so an interrupted run leaves none.
 async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output = T>) -> Result<T> {
@@ -416,14 +576,11 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     };
-    if let Ok(docker) = stackvault::docker::connect(config.docker.host.as_deref()).await {
-        stackvault::docker::helper::remove_live_helpers(&docker).await;
-        stackvault::docker::exec::stop_live_execs(&docker).await;
-        // Containers this run stopped for the backup run again before it exits.
-        if let Err(e) = stackvault::docker::quiesce::start_left_stopped(&docker, config.state_dir(), true).await {
-            eprintln!("error: {e}");
-        }
+    // Containers this run stopped for the backup run again before it exits.
+    for problem in stackvault::docker::abandon_run(config.docker.host.as_deref(), config.state_dir()).await {
+        eprintln!("error: {problem}");
     }
+    stackvault::runner::lock::release_held();
     eprintln!("interrupted by {signal_name}: no snapshot was written; the next run reuses what was stored");
     std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });
 }

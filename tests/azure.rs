@@ -280,7 +280,7 @@ fn an_endpoint_that_goes_away_mid_upload_leaves_no_snapshot_referencing_a_missin
     assert!(verified.contains("1 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
 
     // A long one (the endpoint stays away past `retry_for`): the run fails saying where and that the
-    // next run resumes, and stores no snapshot.
+    // next run resumes, and stores no snapshot on the target: the night is staged (exit 3).
     std::fs::create_dir_all(data.join("second")).unwrap();
     make_fixture(&data.join("second"), 160, 50);
     let stored_before = du(&azurite.data);
@@ -290,17 +290,20 @@ fn an_endpoint_that_goes_away_mid_upload_leaves_no_snapshot_referencing_a_missin
     let failed = backup.wait_with_output().unwrap();
     azurite.restart();
     let stderr = text(&failed.stderr);
-    assert!(!failed.status.success(), "the run succeeded with its target gone:\n{}", text(&failed.stdout));
+    assert_eq!(failed.status.code(), Some(3), "the run did not stage its snapshot with its target gone:\n{}\n{}", text(&failed.stdout), text(&failed.stderr));
     assert!(stderr.contains("cannot reach") && stderr.contains("127.0.0.1") && stderr.contains("resumes"), "{stderr}");
     let verified = ok(sv(&config, &shared_key()).args(["verify", "--read-data"]));
     assert!(verified.contains("1 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
 
-    // The next run stores only what the failed one had not: at most a pack (32 MiB) in flight more.
+    // The next run uploads the staged night, then backs up: it sends only what the failed one had
+    // not, at most a pack (32 MiB) in flight more, and stores nothing new of its own.
     let again = ok(sv(&config, &shared_key()).arg("backup"));
-    let resumed = stored_bytes(&config, &shared_key());
-    assert!(resumed < (160 - 60 + 32) << 20, "the resumed run stored {resumed} bytes of 160 MiB\n{again}");
+    let status: serde_json::Value = serde_json::from_str(&ok(sv(&config, &shared_key()).args(["status", "--json"]))).unwrap();
+    let sent = status["last_success"]["bytes_uploaded"].as_u64().unwrap();
+    assert!(sent < (160 - 60 + 32) << 20, "the resumed run sent {sent} bytes of 160 MiB\n{again}");
+    assert_eq!(stored_bytes(&config, &shared_key()), 0, "{again}");
     let verified = ok(sv(&config, &shared_key()).args(["verify", "--read-data"]));
-    assert!(verified.contains("2 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
+    assert!(verified.contains("3 snapshots checked") && !verified.contains("BROKEN"), "{verified}");
     azurite.stop();
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -50,3 +50,13 @@ pub async fn connect(host: Option<&str>) -> Result<Docker, DockerError> {
     let docker = docker.with_timeout(std::time::Duration::from_secs(24 * 3600));
     docker.negotiate_version().await.map_err(connect_err)
 }
+
+/// Undoes what an abandoned run left on the engine (it was interrupted, or its work dropped): its
+/// helpers are removed, its execs stopped, and containers it stopped for the backup started again.
+/// Returns what could not be undone.
+pub async fn abandon_run(host: Option<&str>, state_dir: &std::path::Path) -> Vec<String> {
+    let Ok(docker) = connect(host).await else { return Vec::new() };
+    helper::remove_live_helpers(&docker).await;
+    exec::stop_live_execs(&docker).await;
+    quiesce::start_left_stopped(&docker, state_dir, true).await.err().map(|e| e.to_string()).into_iter().collect()
+}

@@ -262,13 +262,18 @@ impl Repository {
     /// that locks objects, only once every pack and index object it references is locked at least as
     /// long as the manifest will be (older ones, deduplicated into it, are extended).
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id, RepoError> {
+        self.store_manifest(&serde_json::to_vec_pretty(snapshot).expect("snapshot serializes"), &snapshot.packs)
+    }
+
+    /// Stores a manifest's bytes as they are (a staged snapshot keeps its id), `packs` being the packs
+    /// it lists: each must be stored, and is locked first where the target locks objects.
+    pub fn store_manifest(&self, bytes: &[u8], packs: &[Id]) -> Result<Id, RepoError> {
         // An hour's slack: the manifest is stored moments later, perhaps on the next day.
         if let Some(until) = self.storage.lock_until(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))? {
-            self.protect_references(&snapshot.packs, until)?;
+            self.protect_references(packs, until)?;
         }
-        let bytes = serde_json::to_vec_pretty(snapshot).expect("snapshot serializes");
-        let id = Id::of(&bytes);
-        self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), &bytes)?;
+        let id = Id::of(bytes);
+        self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), bytes)?;
         Ok(id)
     }
 

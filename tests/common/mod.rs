@@ -122,8 +122,12 @@ pub fn stack_yaml(project: &str, repo: &Path) -> String {
     format!("stack: {project}\ndocker:\n  select:\n    project: {project}\nrepository:\n  filesystem:\n    path: {}\n", repo.display())
 }
 
+/// Writes `body` as `dir`'s configuration; without a `state_dir:` of its own it gets `dir/state`: one
+/// run at a time holds a state directory, and the tests run side by side.
 pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("stackvault.yaml");
+    let has_state_dir = body.lines().any(|l| l.starts_with("state_dir:"));
+    let body = if has_state_dir { body.to_string() } else { format!("{body}{}state_dir: {}\n", if body.ends_with('\n') || body.is_empty() { "" } else { "\n" }, dir.join("state").display()) };
     std::fs::write(&path, body).unwrap();
     path
 }

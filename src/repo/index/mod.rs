@@ -11,7 +11,9 @@
 //!   enter the table;
 //! - `state`: how many packs of `packs` have all their blobs in the table for sure (u64 LE), and the
 //!   tag of the filter saved with them (u64 LE); the packs after them are read again at load;
-//! - `filter`: the Bloom filter, valid when its tag is the state's.
+//! - `filter`: the Bloom filter, valid when its tag is the state's;
+//! - `gone`: the positions (u32 LE each) of packs whose index object was not on the target at the
+//!   last persist: a staged snapshot's packs arrive later, and are read then.
 //!
 //! An index object that cannot be used is left out and reported: its pack's blobs are then missing,
 //! which a backup repairs by storing them again and verify reports.
@@ -100,6 +102,11 @@ pub struct Index {
     added: HashMap<Id, u32>,
     /// Packs whose index object is gone from the target: their locations are not used.
     gone: HashSet<u32>,
+    /// Persist what was added when dropped (see [`Index::keep_on_drop`]).
+    keep_on_drop: bool,
+    /// Packs that were gone when the index was last persisted (the `gone` file): a staged snapshot's
+    /// packs reach the target later, and are read again once they are listed.
+    were_gone: Vec<u32>,
     packs_file: File,
 }
 
@@ -135,7 +142,7 @@ impl Index {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // A damaged cache: start again from the repository.
                 RunTable::wipe(&runs)?;
-                for name in ["packs", "state", "filter"] {
+                for name in ["packs", "state", "filter", "gone"] {
                     match fs::remove_file(dir.join(name)) {
                         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                         _ => {}
@@ -173,6 +180,11 @@ impl Index {
             table,
             filter,
             covered: (covered as usize).min(packs.len()),
+            keep_on_drop: false,
+            were_gone: match fs::read(dir.join("gone")) {
+                Ok(bytes) => bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).filter(|&p| (p as usize) < packs.len()).collect(),
+                Err(_) => Vec::new(),
+            },
             packs,
             known: Arc::default(),
             added: HashMap::new(),
@@ -181,10 +193,36 @@ impl Index {
         })
     }
 
+    /// Loads the index for a run whose target cannot be reached (its snapshot is staged, `storage`
+    /// being the staging area): the packs of the local copy are taken as present on the target, but
+    /// those in `absent` (staged for other pending snapshots: a staged snapshot must not depend on
+    /// another, which may be dropped) and those not on the target at the last load. Without a usable
+    /// local copy, nothing is known and everything is stored again.
+    pub fn load_offline(storage: &dyn Storage, cache: &Path, absent: &HashSet<Id>) -> Result<Index, RepoError> {
+        let (index, warning) = match Self::open(cache, false) {
+            Ok(index) => (index, None),
+            Err(e) => (Self::temporary()?, Some(format!("the local index in {} cannot be used ({e}): every blob is staged again", cache.display()))),
+        };
+        let mut listed: HashSet<String> = storage.list(ObjectKind::Index)?.into_iter().map(|o| o.key.name).collect();
+        let were_gone: HashSet<Id> = index.were_gone.iter().map(|&p| index.packs[p as usize].0).collect();
+        // A pack enters the local table only once it and its index object are stored, so even those an
+        // earlier process was still adding (this night's failed attempt, say) are on the target.
+        let present = index.packs.iter().filter(|(id, _)| !absent.contains(id) && !were_gone.contains(id));
+        listed.extend(present.map(|(id, _)| id.hex()));
+        let mut index = index.catch_up_listed(storage, listed)?;
+        index.warning = index.warning.take().or(warning);
+        Ok(index)
+    }
+
     /// Reads the index objects the table does not hold yet: those of packs an earlier process was
     /// adding when it stopped, and every one that is new; marks packs whose object is gone.
-    fn catch_up(mut self, storage: &dyn Storage) -> Result<Index, RepoError> {
+    fn catch_up(self, storage: &dyn Storage) -> Result<Index, RepoError> {
         let listed: HashSet<String> = storage.list(ObjectKind::Index)?.into_iter().map(|o| o.key.name).collect();
+        self.catch_up_listed(storage, listed)
+    }
+
+    /// [`Self::catch_up`] with the index objects taken as present given.
+    fn catch_up_listed(mut self, storage: &dyn Storage, listed: HashSet<String>) -> Result<Index, RepoError> {
         let mut positions: HashMap<Id, u32> = HashMap::with_capacity(self.packs.len());
         for (position, (id, _)) in self.packs.iter().enumerate() {
             positions.insert(*id, position as u32);
@@ -192,8 +230,11 @@ impl Index {
                 self.gone.insert(position as u32);
             }
         }
+        let back = self.were_gone.iter().map(|&p| self.packs[p as usize].0.hex());
         let mut to_read: Vec<String> =
-            self.packs[self.covered..].iter().map(|(id, _)| id.hex()).filter(|name| listed.contains(name)).collect();
+            self.packs[self.covered..].iter().map(|(id, _)| id.hex()).chain(back).filter(|name| listed.contains(name)).collect();
+        to_read.sort();
+        to_read.dedup();
         let mut new: Vec<String> = listed.into_iter().filter(|name| name.parse().map_or(true, |id: Id| !positions.contains_key(&id))).collect();
         new.sort();
         to_read.extend(new);
@@ -229,6 +270,13 @@ impl Index {
             self.warning = Some(format!("{e} (the next run reads these index objects again)"));
         }
         Ok(self)
+    }
+
+    /// Makes the index persist the packs added so far when it is dropped, also after a failure: for
+    /// an index whose packs all go to the target (not to a staging area, whose packs may never get
+    /// there).
+    pub fn keep_on_drop(&mut self) {
+        self.keep_on_drop = true;
     }
 
     /// Adds a pack this process stored; returns its position.
@@ -277,6 +325,11 @@ impl Index {
             self.table.flush()?;
             let tag = u64::from_le_bytes(crate::random_bytes::<8>()) | 1;
             self.filter.save(&dir.join("filter"), tag)?;
+            let gone: Vec<u8> = self.gone.iter().flat_map(|p| p.to_le_bytes()).collect();
+            let tmp = dir.join("gone.tmp");
+            fs::write(&tmp, &gone)?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, dir.join("gone"))?;
             let mut state = (self.packs.len() as u64).to_le_bytes().to_vec();
             state.extend_from_slice(&tag.to_le_bytes());
             let tmp = dir.join("state.tmp");
@@ -351,6 +404,10 @@ impl Drop for Index {
     fn drop(&mut self) {
         if self.temporary {
             let _ = fs::remove_dir_all(&self.dir);
+        } else if self.keep_on_drop && !self.added.is_empty() {
+            // A run that failed: its packs are stored on the target with their index objects, and a
+            // staged retry of the night (which cannot read them there) still finds their blobs.
+            let _ = self.persist();
         }
     }
 }
