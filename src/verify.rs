@@ -189,7 +189,7 @@ struct Locks {
 
 impl Locks {
     fn read(repo: &Repository, packs: &[ObjectInfo]) -> Result<Option<Locks>, RepoError> {
-        if repo.storage.lock_until(SystemTime::now())?.is_none() {
+        if repo.storage.lock_until()?.is_none() {
             return Ok(None);
         }
         let mut objects = HashMap::new();

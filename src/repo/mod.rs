@@ -268,8 +268,7 @@ impl Repository {
     /// Stores a manifest's bytes as they are (a staged snapshot keeps its id), `packs` being the packs
     /// it lists: each must be stored, and is locked first where the target locks objects.
     pub fn store_manifest(&self, bytes: &[u8], packs: &[Id]) -> Result<Id, RepoError> {
-        // An hour's slack: the manifest is stored moments later, perhaps on the next day.
-        if let Some(until) = self.storage.lock_until(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))? {
+        if let Some(until) = self.storage.lock_until()? {
             self.protect_references(packs, until)?;
         }
         let id = Id::of(bytes);

@@ -151,13 +151,15 @@ impl Alerter {
         let in_flight = Arc::new(watch::Sender::new(0));
         let mut queues = Vec::with_capacity(webhooks.len());
         // No client without webhooks: a run without alerts sets up no TLS.
-        let client = if webhooks.is_empty() { None } else { Some(client()) };
-        for (config, client) in webhooks.into_iter().zip(std::iter::repeat_with(|| client.clone().into_iter()).flatten()) {
-            let redacted = redact_url(&config.url);
-            let (alerts, queued) = mpsc::channel(QUEUE);
-            let webhook = Webhook { url: config.url, redacted: redacted.clone(), format: config.format };
-            tokio::spawn(deliver_queued(webhook, client, queued, in_flight.clone(), report.clone()));
-            queues.push(Queue { on: config.on, redacted, alerts });
+        if !webhooks.is_empty() {
+            let client = client();
+            for config in webhooks {
+                let redacted = redact_url(&config.url);
+                let (alerts, queued) = mpsc::channel(QUEUE);
+                let webhook = Webhook { url: config.url, redacted: redacted.clone(), format: config.format };
+                tokio::spawn(deliver_queued(webhook, client.clone(), queued, in_flight.clone(), report.clone()));
+                queues.push(Queue { on: config.on, redacted, alerts });
+            }
         }
         Alerter { webhooks: queues, in_flight, report }
     }

@@ -144,8 +144,10 @@ pub trait Storage: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// The retention date an object committed at `at` gets; `None` where the target locks nothing.
-    fn lock_until(&self, _at: SystemTime) -> Result<Option<SystemTime>, StorageError> {
+    /// The retention date every object this instance commits gets (one per run, fixed when first
+    /// needed, so a manifest is never locked longer than what it references); `None` where the
+    /// target locks nothing.
+    fn lock_until(&self) -> Result<Option<SystemTime>, StorageError> {
         Ok(None)
     }
 

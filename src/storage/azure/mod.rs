@@ -56,6 +56,9 @@ struct Inner {
     immutability: Immutability,
     /// Whether the container supports version-level immutability; asked once, when first needed.
     worm: Mutex<Option<bool>>,
+    /// The retention date of everything this run commits, fixed when first needed: a run that crosses
+    /// midnight locks its manifest no longer than the objects it references.
+    run_until: std::sync::OnceLock<SystemTime>,
     spool_dir: PathBuf,
 }
 
@@ -151,6 +154,7 @@ impl AzureStorage {
                 credential,
                 immutability: config.immutability.clone(),
                 worm: Mutex::new(None),
+                run_until: std::sync::OnceLock::new(),
                 spool_dir: spool_dir.to_path_buf(),
             }),
         })
@@ -214,8 +218,11 @@ impl Inner {
             }
             return Ok(None);
         }
-        let until = lock_until(SystemTime::now(), self.immutability.days);
-        Ok(Some((OffsetDateTime::from(until), self.mode())))
+        Ok(Some((OffsetDateTime::from(self.run_until()), self.mode())))
+    }
+
+    fn run_until(&self) -> SystemTime {
+        *self.run_until.get_or_init(|| lock_until(SystemTime::now(), self.immutability.days))
     }
 
     fn mode(&self) -> ImmutabilityPolicyMode {
@@ -290,8 +297,7 @@ impl Inner {
     }
 }
 
-/// The end of the day (UTC) `days` after `at`: every object of one night's run gets the same date,
-/// and a snapshot's objects are never locked for less than its manifest.
+/// The end of the day (UTC) `days` after `at`: a retention date that reads as a day, not a second.
 pub fn lock_until(at: SystemTime, days: u32) -> SystemTime {
     const DAY: u64 = 86_400;
     let seconds = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + u64::from(days) * DAY;
@@ -493,8 +499,8 @@ impl Storage for AzureStorage {
         Ok(notes)
     }
 
-    fn lock_until(&self, at: SystemTime) -> Result<Option<SystemTime>, StorageError> {
-        Ok(self.inner.worm()?.then(|| lock_until(at, self.inner.immutability.days)))
+    fn lock_until(&self) -> Result<Option<SystemTime>, StorageError> {
+        Ok(self.inner.worm()?.then(|| self.inner.run_until()))
     }
 
     fn holds_legally(&self) -> bool {
