@@ -11,6 +11,8 @@ use crate::runner::log::LogFormat;
 use crate::runner::schedule::Schedule;
 
 pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
+/// A commented configuration to start from: what `init` writes where there is none.
+pub const EXAMPLE: &str = include_str!("config.example.yaml");
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/stackvault";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/stackvault";
 
@@ -19,8 +21,11 @@ const CLI_VARIABLES: &[&str] = &["STACKVAULT_CONFIG", "STACKVAULT_IDENTITY"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    // `cause`, not `source`: the message already holds it, and a source would be printed twice.
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
+    #[error("{file}: cannot write the example configuration: {cause}")]
+    Write { file: String, cause: std::io::Error },
     #[error("{file}:{line}:{column}: {message}")]
     Invalid { file: String, line: usize, column: usize, message: String },
     #[error("{file}: {message}")]
@@ -442,6 +447,43 @@ fn recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Recipient>, D::Erro
 impl Config {
     /// Reads `path` (or, when none is given, the default path if it exists), then applies the
     /// environment's overrides.
+    /// Where `init` should write [`EXAMPLE`]: the file (given, or the default) is absent or empty and
+    /// no variable names a target either, so there is nothing to create a repository in yet.
+    pub fn example_destination(&self, path: Option<&Path>) -> Option<PathBuf> {
+        let path = path.unwrap_or(Path::new(DEFAULT_PATH));
+        let unset = self.repository.filesystem.is_none() && self.repository.azure.is_none();
+        let blank = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
+        (unset && blank).then(|| path.to_path_buf())
+    }
+
+    /// Writes [`EXAMPLE`] to `path`, creating its folder; never over a file that has content.
+    pub fn write_example(path: &Path) -> Result<(), ConfigError> {
+        let file = path.display().to_string();
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
+                return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already has content; left as it is"));
+            }
+            std::fs::write(path, EXAMPLE)
+        };
+        write().map_err(|cause| ConfigError::Write { file, cause })
+    }
+
+    /// As [`Config::load`], but a named file that does not exist yet reads as empty: `init` then
+    /// writes the example there.
+    pub fn load_for_init(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) if !path.exists() => {
+                let mut config = Config { origin: format!("{} (absent)", path.display()), ..Config::default() };
+                config.apply_env(std::env::vars())?;
+                Ok(config)
+            }
+            _ => Self::load(path),
+        }
+    }
+
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => Self::read(path)?,
@@ -454,7 +496,7 @@ impl Config {
 
     fn read(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { file: file.clone(), cause })?;
         let mut config = Self::parse(&text, &file)?;
         config.origin = file;
         Ok(config)
@@ -616,6 +658,27 @@ impl AzureConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_init_writes_is_a_valid_configuration_and_is_written_only_where_there_is_none() {
+        let example = Config::parse(EXAMPLE, "example").unwrap();
+        assert!(matches!(example.target(), Ok(Target::Filesystem(_))));
+        assert_eq!(example.stack.as_deref(), Some("mystack"));
+
+        let dir = std::env::temp_dir().join(format!("sv-example-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("etc/stackvault.yaml");
+        let nothing = Config::default();
+        assert_eq!(nothing.example_destination(Some(&path)), Some(path.clone()));
+        Config::write_example(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), EXAMPLE);
+        assert_eq!(nothing.example_destination(Some(&path)), None, "a file with content is the user's");
+        assert!(Config::write_example(&path).unwrap_err().to_string().contains("already has content"));
+
+        let by_variable = Config { repository: example.repository.clone(), ..Config::default() };
+        assert_eq!(by_variable.example_destination(Some(&dir.join("absent.yaml"))), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn an_unknown_key_names_file_line_and_key() {

@@ -221,7 +221,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config_path = cli.config.as_deref();
     match cli.command {
         Command::Init => {
-            let config = Config::load(config_path)?;
+            let config = Config::load_for_init(config_path)?;
+            if let Some(path) = config.example_destination(config_path) {
+                Config::write_example(&path)?;
+                println!("wrote an example configuration to {}: set the stack, its selection and the target, then run `stackvault init` again", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let (repo, notes) = stackvault::init_repository(&config)?;
             for note in &notes {
                 eprintln!("note: {note}");
