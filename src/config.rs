@@ -452,8 +452,7 @@ impl Config {
     pub fn example_destination(&self, path: Option<&Path>) -> Option<PathBuf> {
         let path = path.unwrap_or(Path::new(DEFAULT_PATH));
         let unset = self.repository.filesystem.is_none() && self.repository.azure.is_none();
-        let blank = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-        (unset && blank).then(|| path.to_path_buf())
+        (unset && !has_content(path)).then(|| path.to_path_buf())
     }
 
     /// Writes [`EXAMPLE`] to `path`, creating its folder; never over a file that has content.
@@ -463,7 +462,7 @@ impl Config {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)?;
             }
-            if std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false) {
+            if has_content(path) {
                 return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already has content; left as it is"));
             }
             std::fs::write(path, EXAMPLE)
@@ -626,6 +625,11 @@ impl Config {
             }),
         }
     }
+}
+
+/// A file that exists and is not empty: the user's, never replaced by the example.
+fn has_content(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
 }
 
 impl AzureConfig {

@@ -184,8 +184,7 @@ impl Schedule {
     fn next_real(&self, after: Timestamp) -> Option<Timestamp> {
         let start = self.zone.to_datetime(after);
         let last_day = start.date().checked_add(Span::new().years(HORIZON_YEARS)).unwrap_or(Date::MAX);
-        let mut from = whole_second(start);
-        while let Some(local) = self.next_local(from, last_day) {
+        for local in self.locals(whole_second(start), last_day) {
             let offset = match self.zone.to_ambiguous_timestamp(local).offset() {
                 AmbiguousOffset::Unambiguous { offset } => Some(offset),
                 AmbiguousOffset::Fold { before, .. } => Some(before),
@@ -199,7 +198,6 @@ impl Schedule {
                     return Some(at);
                 }
             }
-            from = local.checked_add(Span::new().seconds(1)).ok()?;
         }
         None
     }
@@ -228,8 +226,8 @@ impl Schedule {
     /// to `after_offset`.
     fn first_in_gap(&self, after: Timestamp, at: Timestamp, before: Offset, after_offset: Offset) -> Option<Timestamp> {
         let (gap_start, gap_end) = (before.to_datetime(at), after_offset.to_datetime(at));
-        let mut from = gap_start.max(whole_second(before.to_datetime(after)));
-        while let Some(local) = self.next_local(from, gap_end.date()) {
+        let from = gap_start.max(whole_second(before.to_datetime(after)));
+        for local in self.locals(from, gap_end.date()) {
             if local >= gap_end {
                 return None;
             }
@@ -237,9 +235,14 @@ impl Schedule {
             if run > after {
                 return Some(run);
             }
-            from = local.checked_add(Span::new().seconds(1)).ok()?;
         }
         None
+    }
+
+    /// Every local date and time from `from` on, to `last_day`, that the fields match, in order.
+    fn locals(&self, from: DateTime, last_day: Date) -> impl Iterator<Item = DateTime> + '_ {
+        let next_after = move |local: &DateTime| local.checked_add(Span::new().seconds(1)).ok().and_then(|from| self.next_local(from, last_day));
+        std::iter::successors(self.next_local(from, last_day), next_after)
     }
 
     /// The first local date and time at or after `from` (whole seconds) that the fields match,
