@@ -124,8 +124,15 @@ async fn plan(config: &Config) -> Result<Plan, Error> {
         engine = Some(started);
     }
     sources.extend(config.paths.iter().cloned().map(Planned::Path));
+    for server in &config.databases {
+        // A source's name starts with its container's or entry's: one name, one server.
+        if dumps.iter().any(|d: &DumpTarget| d.container == server.name) {
+            return Err(Error::Usage(format!("databases: {:?} is also the name of a selected container; name the entry otherwise", server.name)));
+        }
+        dumps.push(DumpTarget::over_network(server));
+    }
     if sources.is_empty() && dumps.is_empty() {
-        return Err(Error::Usage("nothing to back up: set docker.select (project or label) or paths in the configuration".into()));
+        return Err(Error::Usage("nothing to back up: set docker.select (project or label), paths or databases in the configuration".into()));
     }
     Ok(Plan { engine, dumps, sources, skipped, stop, hooks, containers })
 }
@@ -212,8 +219,8 @@ pub async fn backup(config: &Config, destination: &Destination) -> Result<Backup
         let mut routes = Vec::new();
         // Databases first, while every server runs.
         for target in &dumps {
-            let engine = engine.as_deref().expect("dumps come from Docker");
-            let jobs = handle.block_on(dump::plan_jobs(&engine.docker, target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+            let engine = engine.as_deref();
+            let jobs = handle.block_on(dump::plan_jobs(engine.map(|e| &e.docker), target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
             for job in jobs {
                 let shown = format!("dump {}", job.name());
                 let mut stream = DumpStream::start(&handle, engine, job.clone()).map_err(|e| Error::source(&shown, e))?;
@@ -396,12 +403,10 @@ pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
     for hook in hooks.iter().filter(|h| h.pre.is_some()) {
         actions.push(format!("run the pre hook of container {}", hook.container));
     }
-    if let Some(engine) = &engine {
-        // Asks each server for its databases: read-only, like the rest of a dry run.
-        for target in &dumps {
-            let jobs = dump::plan_jobs(&engine.docker, target).await.map_err(|e| Error::source(format!("dump {}", target.container), e))?;
-            actions.extend(jobs.iter().map(|job| format!("dump {} ({}, {})", job.name(), target.spec.engine.as_str(), job.format.as_str())));
-        }
+    // Asks each server for its databases: read-only, like the rest of a dry run.
+    for target in &dumps {
+        let jobs = dump::plan_jobs(engine.as_ref().map(|e| &e.docker), target).await.map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+        actions.extend(jobs.iter().map(|job| format!("dump {} ({}, {})", job.name(), target.spec.engine.as_str(), job.format.as_str())));
     }
     actions.extend(stop.iter().map(|c| format!("stop container {c} while the mounts are read, then start it again")));
     for hook in hooks.iter().filter(|h| h.post.is_some()) {

@@ -9,6 +9,7 @@ use crate::repo::crypt::{self, Recipient};
 use crate::runner::alerts::WebhookConfig;
 use crate::runner::log::LogFormat;
 use crate::runner::schedule::Schedule;
+use crate::source::dump::DumpEngine;
 
 pub const DEFAULT_PATH: &str = "/etc/stackvault/stackvault.yaml";
 /// A commented configuration to start from: what `init` writes where there is none.
@@ -46,6 +47,10 @@ pub struct Config {
     /// Host directories read by the sidecar itself (mounted into its container).
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// Database servers dumped over the network by the client tools in stackvault's own image
+    /// (Kubernetes, where there is no engine to exec in).
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
     #[serde(default)]
     pub repository: RepositoryConfig,
     #[serde(default)]
@@ -90,6 +95,76 @@ pub struct Config {
 }
 
 pub const DEFAULT_CRON: &str = "0 2 * * *";
+
+/// One `databases:` entry: a server the engine's own tools reach from stackvault's container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "DatabaseEntry")]
+pub struct DatabaseConfig {
+    /// Names the dumps in the snapshot (`NAME/DATABASE`) and `restore --only db:NAME`.
+    pub name: String,
+    pub engine: DumpEngine,
+    /// A host name or address, or a unix socket's path (for PostgreSQL also its directory).
+    pub host: String,
+    /// Default: 3306 (MariaDB, MySQL), 5432 (PostgreSQL).
+    pub port: Option<u16>,
+    /// Default: root (MariaDB, MySQL), postgres.
+    pub user: Option<String>,
+    /// A file holding the password (a mounted Secret), or the variable of stackvault's own
+    /// environment that holds it; neither: no password.
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Default: every user database.
+    pub databases: Option<Vec<String>>,
+}
+
+/// A `databases:` entry as written, checked as a whole (so that errors point at it) into a [`DatabaseConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseEntry {
+    name: String,
+    engine: String,
+    host: String,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    databases: Option<Vec<String>>,
+}
+
+impl TryFrom<DatabaseEntry> for DatabaseConfig {
+    type Error = String;
+
+    fn try_from(entry: DatabaseEntry) -> Result<Self, String> {
+        let name = &entry.name;
+        let engine = match DumpEngine::parse(&entry.engine) {
+            Ok(DumpEngine::Command) | Err(_) => return Err(format!("databases {name:?}: engine {:?} is not one of mariadb, mysql, postgres", entry.engine)),
+            Ok(engine) => engine,
+        };
+        let problem = if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            Some("the name: use letters, digits, '.', '_' and '-'")
+        } else if entry.host.trim().is_empty() {
+            Some("host is empty")
+        } else if entry.password_file.is_some() && entry.password_env.is_some() {
+            Some("set password_file or password_env, not both")
+        } else if entry.password_env.as_deref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            Some("password_env is not an environment variable name (letters, digits, _): name the variable that holds the password")
+        } else if entry.databases.as_ref().is_some_and(|list| list.is_empty() || list.iter().any(String::is_empty)) {
+            Some("databases: list database names, or leave it out for every user database")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!("databases {name:?}: {problem}"));
+        }
+        let DatabaseEntry { name, host, port, user, password_file, password_env, databases, .. } = entry;
+        Ok(DatabaseConfig { name, engine, host, port, user, password_file, password_env, databases })
+    }
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -505,7 +580,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| {
             let message = e.to_string();
             // The location is reported in our file:line:column prefix; drop serde's own copy.
             let message = message.split(" at line ").next().unwrap_or(&message).to_string();
@@ -513,7 +588,12 @@ impl Config {
                 Some(loc) => ConfigError::Invalid { file: file.to_string(), line: loc.line(), column: loc.column(), message },
                 None => ConfigError::InvalidNoLocation { file: file.to_string(), message },
             }
-        })
+        })?;
+        // A source's name starts with its entry's: one name, one server.
+        if let Some((i, twice)) = config.databases.iter().enumerate().find(|(i, d)| config.databases[..*i].iter().any(|e| e.name == d.name)) {
+            return Err(ConfigError::InvalidNoLocation { file: file.to_string(), message: format!("databases[{i}]: name {:?} is used twice", twice.name) });
+        }
+        Ok(config)
     }
 
     /// `STACKVAULT_<SECTION>_<KEY>` overrides the key; lists are comma-separated. An unknown
@@ -696,6 +776,27 @@ mod tests {
         let err = Config::parse("encryption:\n  recipients: [\"age1nope\"]\n", "s.yaml").unwrap_err().to_string();
         assert!(err.starts_with("s.yaml:2:"), "{err}");
         assert!(err.contains("recipients[0]"), "{err}");
+    }
+
+    #[test]
+    fn database_servers_are_checked_where_they_are_written() {
+        let entry = "  - {name: cc, engine: postgres, host: pg.cc.svc, password_file: /run/pw}\n";
+        let config = Config::parse(&format!("stack: a\ndatabases:\n{entry}"), "s.yaml").unwrap();
+        assert_eq!((config.databases[0].engine, config.databases[0].port), (DumpEngine::Postgres, None));
+        for (body, expected) in [
+            ("  - {name: cc, engine: redis, host: h}\n", "\"redis\" is not one of mariadb, mysql, postgres"),
+            ("  - {name: cc, engine: command, host: h}\n", "\"command\" is not one of"),
+            ("  - {name: c/c, engine: mysql, host: h}\n", "databases \"c/c\": the name"),
+            ("  - {name: cc, engine: mysql, host: h, password_file: /a, password_env: B}\n", "not both"),
+            ("  - {name: cc, engine: mysql, host: h, password_env: 'A;B'}\n", "not an environment variable name"),
+            ("  - {name: cc, engine: mysql, host: h, databases: []}\n", "list database names"),
+            ("  - {name: cc, engine: mysql, hots: h}\n", "hots"),
+        ] {
+            let err = Config::parse(&format!("stack: a\ndatabases:\n{body}"), "s.yaml").unwrap_err().to_string();
+            assert!(err.starts_with("s.yaml:3:") && err.contains(expected), "{body}: {err}");
+        }
+        let err = Config::parse(&format!("stack: a\ndatabases:\n{entry}{entry}"), "s.yaml").unwrap_err().to_string();
+        assert_eq!(err, "s.yaml: databases[1]: name \"cc\" is used twice");
     }
 
     #[test]

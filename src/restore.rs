@@ -10,8 +10,9 @@ use std::sync::Arc;
 use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use tokio::runtime::Handle;
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
 use crate::docker::engine::Engine;
+use crate::docker::exec::Shell;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::repo::crypt::Identities;
 use crate::repo::format::{DumpRecord, Node, SourceKind, SourceRecord};
@@ -147,7 +148,8 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
         .collect();
     // Files and volumes first, databases after: a server whose data volume was restored can be running by then.
     selected.sort_by_key(|s| s.kind == SourceKind::Dump);
-    let needs_docker = options.to.is_none() && selected.iter().any(|s| s.kind != SourceKind::Path);
+    let networked = config.databases.clone();
+    let needs_docker = options.to.is_none() && selected.iter().any(|s| s.kind != SourceKind::Path && !s.dump.as_ref().is_some_and(|d| networked_server(&networked, d).is_some()));
     let engine = if needs_docker { Some(Engine::start(config).await?) } else { None };
     let handle = Handle::current();
     let restored = tokio::task::spawn_blocking(move || -> Result<RestoreOutcome, Error> {
@@ -167,10 +169,7 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
             };
             let (destination, report) = match local {
                 Some(dest) => (dest.display().to_string(), restore_local(&mut reader, snapshot_id, source, &dest, options.force)?),
-                None if source.kind == SourceKind::Dump => {
-                    let engine = engine.as_ref().expect("connected for dump sources");
-                    restore_dump(&handle, engine, &mut reader, snapshot_id, source, options.force, None)?
-                }
+                None if source.kind == SourceKind::Dump => restore_dump(&handle, engine.as_ref(), &networked, &mut reader, snapshot_id, source, options.force, None)?,
                 None => {
                     let engine = engine.as_ref().expect("connected for mount sources");
                     (shown.clone(), restore_mount(&handle, engine, &mut reader, snapshot_id, source, options.force)?)
@@ -188,12 +187,14 @@ pub async fn restore(config: &Config, options: RestoreOptions) -> Result<Restore
     restored
 }
 
-/// Loads a dump back into its database server: `server` where given, else the container of the same
+/// Loads a dump back into its database server: one of `networked` (the configured `databases:`)
+/// when the dump came from that entry, else `server` where given, else the container of the same
 /// compose service and project when one runs, else the container of the same name. Returns where it
 /// went, and notes.
 pub(crate) fn restore_dump(
     handle: &Handle,
-    engine: &Engine,
+    engine: Option<&Engine>,
+    networked: &[DatabaseConfig],
     reader: &mut BlobReader,
     snapshot: Id,
     source: &SourceRecord,
@@ -202,31 +203,17 @@ pub(crate) fn restore_dump(
 ) -> Result<(String, Vec<String>), Error> {
     let shown = source.label();
     let record = source.dump.as_ref().expect("a dump source has its record");
-    let docker = &engine.docker;
-    let container = match server {
-        Some(server) => server.to_string(),
-        None => handle.block_on(find_server(docker, record)).map_err(|e| Error::source(&shown, e))?,
-    };
-    let inspected = handle.block_on(docker.inspect_container(&container, None)).map_err(crate::docker::DockerError::api(format!("inspecting container {container}")))?;
-    let config = inspected.config.unwrap_or_default();
-    let (labels, env) = (config.labels.unwrap_or_default(), config.env.unwrap_or_default());
-    let engine_kind = dump::DumpEngine::parse(&record.engine).map_err(|e| Error::source(&shown, e))?;
-    // The login as this container's own labels and environment say now (passwords may have changed),
-    // and for a command dump the restore command its label names: never one from the snapshot, which
-    // whoever can write to the storage could have crafted.
-    let live = dump::DumpSpec::from_labels(&labels, config.image.as_deref().unwrap_or_default(), &env);
-    let loader = match live {
-        Ok(Some(spec)) if spec.engine == engine_kind => dump::Loader { login: spec.login, restore_command: spec.restore_command },
-        _ if engine_kind == dump::DumpEngine::Command => {
-            return Err(Error::source(
-                &shown,
-                format!("container {container} has no {}=command label with a {}: a command dump is loaded only by the command its container names", dump::LABEL_DUMP, dump::LABEL_RESTORE_COMMAND),
-            ))
+    let (shell, loader) = match networked_server(networked, record) {
+        Some(entry) => {
+            let target = dump::DumpTarget::over_network(entry);
+            if target.spec.engine.as_str() != record.engine {
+                return Err(Error::source(&shown, format!("the dump is {}'s, and databases entry {} is {}", record.engine, entry.name, target.spec.engine.as_str())));
+            }
+            (target.shell(None).map_err(|e| Error::source(&shown, e))?, dump::Loader { login: target.spec.login, restore_command: None })
         }
-        _ => {
-            let login = dump::Login::resolve(engine_kind, None, None, None, dump::ContainerEnv(&env))
-                .map_err(|(label, message)| Error::source(&shown, format!("container {container}: {message} ({label})")))?;
-            dump::Loader { login, restore_command: None }
+        None => {
+            let engine = engine.ok_or_else(|| Error::source(&shown, format!("its server, container {}, runs on a Docker engine: set docker.host, or name it in databases: to restore over the network", record.container)))?;
+            container_loader(handle, &engine.docker, record, server, &shown)?
         }
     };
     let mut replay = TreeReplay::new(reader, snapshot, source);
@@ -236,12 +223,48 @@ pub(crate) fn restore_dump(
         }
         Ok(())
     };
-    let warnings = dump::restore(handle, docker, &container, record, &loader, force, &mut send)?;
+    let warnings = dump::restore(handle, &shell, record, &loader, force, &mut send)?;
     let destination = match &record.database {
-        Some(db) => format!("database {db} in container {container}"),
-        None => format!("container {container}"),
+        Some(db) => format!("database {db} in {}", shell.place()),
+        None => shell.place(),
     };
     Ok((destination, warnings))
+}
+
+/// The `databases:` entry a dump was taken from over the network: of its name, and not a compose service's.
+pub(crate) fn networked_server<'c>(networked: &'c [DatabaseConfig], record: &DumpRecord) -> Option<&'c DatabaseConfig> {
+    networked.iter().find(|entry| entry.name == record.container && record.service.is_none())
+}
+
+/// The container to load a dump into, and its login as its own labels and environment say now.
+fn container_loader(handle: &Handle, docker: &bollard::Docker, record: &DumpRecord, server: Option<&str>, shown: &str) -> Result<(Shell, dump::Loader), Error> {
+    let container = match server {
+        Some(server) => server.to_string(),
+        None => handle.block_on(find_server(docker, record)).map_err(|e| Error::source(shown, e))?,
+    };
+    let inspected = handle.block_on(docker.inspect_container(&container, None)).map_err(crate::docker::DockerError::api(format!("inspecting container {container}")))?;
+    let config = inspected.config.unwrap_or_default();
+    let (labels, env) = (config.labels.unwrap_or_default(), config.env.unwrap_or_default());
+    let engine_kind = dump::DumpEngine::parse(&record.engine).map_err(|e| Error::source(shown, e))?;
+    // The login as this container's own labels and environment say now (passwords may have changed),
+    // and for a command dump the restore command its label names: never one from the snapshot, which
+    // whoever can write to the storage could have crafted.
+    let live = dump::DumpSpec::from_labels(&labels, config.image.as_deref().unwrap_or_default(), &env);
+    let loader = match live {
+        Ok(Some(spec)) if spec.engine == engine_kind => dump::Loader { login: spec.login, restore_command: spec.restore_command },
+        _ if engine_kind == dump::DumpEngine::Command => {
+            return Err(Error::source(
+                shown,
+                format!("container {container} has no {}=command label with a {}: a command dump is loaded only by the command its container names", dump::LABEL_DUMP, dump::LABEL_RESTORE_COMMAND),
+            ))
+        }
+        _ => {
+            let login = dump::Login::resolve(engine_kind, None, None, None, dump::ContainerEnv(&env))
+                .map_err(|(label, message)| Error::source(shown, format!("container {container}: {message} ({label})")))?;
+            dump::Loader { login, restore_command: None }
+        }
+    };
+    Ok((Shell::container(docker, &container), loader))
 }
 
 /// The running container to load a dump into.

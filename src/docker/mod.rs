@@ -23,8 +23,8 @@ pub enum DockerError {
     HelperFailed { container: String, purpose: String, code: i64, stderr: String },
     #[error("{0}")]
     Agent(String),
-    #[error("{purpose} (container {container}): {message}")]
-    Exec { container: String, purpose: String, message: String },
+    #[error("{purpose} ({place}): {message}")]
+    Exec { place: String, purpose: String, message: String },
     #[error("container {container}, label {label}: {message}")]
     Label { container: String, label: &'static str, message: String },
 }
@@ -55,8 +55,8 @@ pub async fn connect(host: Option<&str>) -> Result<Docker, DockerError> {
 /// helpers are removed, its execs stopped, and containers it stopped for the backup started again.
 /// Returns what could not be undone.
 pub async fn abandon_run(host: Option<&str>, state_dir: &std::path::Path) -> Vec<String> {
+    exec::stop_live_execs().await;
     let Ok(docker) = connect(host).await else { return Vec::new() };
     helper::remove_live_helpers(&docker).await;
-    exec::stop_live_execs(&docker).await;
     quiesce::start_left_stopped(&docker, state_dir, true).await.err().map(|e| e.to_string()).into_iter().collect()
 }

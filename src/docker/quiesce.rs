@@ -12,7 +12,7 @@ use bollard::query_parameters::StartContainerOptions;
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
-use super::exec::{Exec, ExecSpec};
+use super::exec::{Exec, ExecSpec, Shell};
 use super::DockerError;
 
 pub const LABEL_STOP: &str = "stackvault.stop-during-backup";
@@ -68,11 +68,12 @@ pub async fn run_hooks(docker: &Docker, hooks: &[Hook], phase: Phase) -> Result<
         };
         let Some(command) = command else { continue };
         let purpose = format!("{name} hook");
-        let spec = ExecSpec { container: hook.container.clone(), script: command.clone(), env: Vec::new(), stdin: false, purpose: purpose.clone() };
-        let failure = match Exec::run(docker, spec, hook.timeout).await {
+        let shell = Shell::container(docker, &hook.container);
+        let spec = ExecSpec { shell: shell.clone(), script: command.clone(), env: Vec::new(), stdin: false, purpose: purpose.clone() };
+        let failure = match Exec::run(spec, hook.timeout).await {
             Ok(output) if output.code == 0 => continue,
             Ok(output) => DockerError::Exec {
-                container: hook.container.clone(),
+                place: shell.place(),
                 purpose,
                 message: format!("exited with status {}: {}", output.code, output.last_stderr_line()),
             },

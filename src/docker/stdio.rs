@@ -1,4 +1,4 @@
-//! The standard streams of a process in a container (a helper's attach stream, an exec's), turned into
+//! The standard streams of a process in a container (a helper's attach stream, an exec's) or here, turned into
 //! blocking `Read` and `Write` for the data path's threads. Docker multiplexes stdout and stderr on one
 //! connection: stdout flows on through a bounded channel, stderr is kept as a tail for messages.
 
@@ -39,6 +39,27 @@ where
             let failed = piece.is_err();
             if tx.send(piece).await.is_err() || failed {
                 break;
+            }
+        }
+    });
+    ChannelReader { rx, current: Bytes::new() }
+}
+
+/// A local process's stdout as the same blocking reader.
+pub fn read_async(mut output: impl tokio::io::AsyncRead + Send + Unpin + 'static) -> ChannelReader {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
+    tokio::spawn(async move {
+        loop {
+            let mut piece = bytes::BytesMut::with_capacity(256 << 10);
+            let piece = match output.read_buf(&mut piece).await {
+                Ok(0) => return,
+                Ok(_) => Ok(piece.freeze()),
+                Err(e) => Err(e),
+            };
+            let failed = piece.is_err();
+            if tx.send(piece).await.is_err() || failed {
+                return;
             }
         }
     });

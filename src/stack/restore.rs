@@ -129,7 +129,7 @@ pub async fn restore(
         let load_dumps = |server: &str, reader: &mut BlobReader, restored: &mut Vec<RestoredSource>| -> Result<(), Error> {
             for dump in snapshot.sources.iter().filter(|s| s.dump.as_ref().is_some_and(|d| plan.rename(&d.container) == server)) {
                 crate::restore::step(&reporter, format!("loading {} into container {server}", dump.label()), Some(dump.bytes));
-                let (destination, warnings) = restore_dump(&handle, &engine, reader, snapshot_id, dump, force, Some(server))?;
+                let (destination, warnings) = restore_dump(&handle, Some(&engine), &[], reader, snapshot_id, dump, force, Some(server))?;
                 restored.push(RestoredSource { source: dump.label(), destination, warnings });
             }
             Ok(())

@@ -4,6 +4,7 @@
 
 pub mod azure;
 pub mod craft;
+pub mod db;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

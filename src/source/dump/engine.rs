@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use bollard::Docker;
-
 use super::{DumpJob, DumpTarget};
-use crate::docker::exec::{Exec, ExecSpec};
+use crate::docker::exec::{Exec, ExecSpec, Shell};
 use crate::docker::DockerError;
 use crate::source::SourceError;
 
@@ -160,13 +158,65 @@ impl DumpFormat {
     }
 }
 
-/// Who the tools log in as, and where the password comes from (never the password itself).
+/// Who the tools log in as, where the password comes from (never the password itself), and for a
+/// server reached over the network, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     pub user: Option<String>,
     pub password: Password,
     /// An administrator (root, the postgres superuser): may dump users and roles.
     pub admin: bool,
+    /// `None`: the tools run inside the server's container and reach it by its default socket.
+    pub server: Option<ServerAddress>,
+}
+
+/// A database server the tools reach from stackvault's own container (a `databases:` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    Tcp { host: String, port: u16 },
+    /// A unix socket's path; for PostgreSQL also the directory holding it (libpq's convention).
+    Socket(String),
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            ServerAddress::Tcp { host, port } => write!(f, "{host}:{port}"),
+            ServerAddress::Socket(path) => write!(f, "{path}"),
+        }
+    }
+}
+
+impl ServerAddress {
+    /// Shell text and variables that point the engine's tools at the server: libpq's variables for
+    /// PostgreSQL; for MariaDB/MySQL, options set as the script's arguments, which every client
+    /// command line passes on as `"$@"` (one word each, whatever the value holds).
+    fn connect(&self, engine: DumpEngine, env: &mut Vec<String>) -> &'static str {
+        match (engine, self) {
+            (DumpEngine::Postgres, ServerAddress::Tcp { host, port }) => {
+                env.extend([format!("PGHOST={host}"), format!("PGPORT={port}")]);
+                ""
+            }
+            (DumpEngine::Postgres, ServerAddress::Socket(path)) => {
+                // libpq takes the socket's directory; a path to the socket itself names its port too.
+                let (dir, file) = path.rsplit_once('/').unwrap_or((".", path));
+                match file.strip_prefix(".s.PGSQL.") {
+                    Some(port) => env.extend([format!("PGHOST={}", if dir.is_empty() { "/" } else { dir }), format!("PGPORT={port}")]),
+                    None => env.push(format!("PGHOST={path}")),
+                }
+                ""
+            }
+            (_, ServerAddress::Tcp { host, port }) => {
+                env.extend([format!("SV_HOST={host}"), format!("SV_PORT={port}")]);
+                "set -- --protocol=TCP --host=\"$SV_HOST\" --port=\"$SV_PORT\"; "
+            }
+            (_, ServerAddress::Socket(path)) => {
+                env.push(format!("SV_SOCKET={path}"));
+                "set -- --protocol=SOCKET --socket=\"$SV_SOCKET\"; "
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,31 +282,31 @@ impl Login {
             })
         };
         match engine {
-            DumpEngine::Command => Ok(Login { user, password: labelled.unwrap_or(Password::None), admin: false }),
+            DumpEngine::Command => Ok(Login { user, password: labelled.unwrap_or(Password::None), admin: false, server: None }),
             DumpEngine::Postgres => {
                 let user = user.or_else(|| env_value("POSTGRES_USER")).unwrap_or_else(|| "postgres".into());
                 let password = labelled.or_else(|| from_env(&["POSTGRES_PASSWORD"])).unwrap_or(Password::None);
                 // POSTGRES_USER is the cluster's superuser in the official images.
                 let admin = env_value("POSTGRES_USER").map_or(user == "postgres", |u| u == user);
-                Ok(Login { user: Some(user), password, admin })
+                Ok(Login { user: Some(user), password, admin, server: None })
             }
             DumpEngine::MariaDb | DumpEngine::MySql => {
                 if let Some(password) = labelled {
                     let user = user.unwrap_or_else(|| "root".into());
-                    return Ok(Login { admin: user == "root", user: Some(user), password });
+                    return Ok(Login { admin: user == "root", user: Some(user), password, server: None });
                 }
                 if user.as_deref().is_none_or(|u| u == "root") {
                     if let Some(password) = from_env(&["MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD"]) {
-                        return Ok(Login { user: Some("root".into()), password, admin: true });
+                        return Ok(Login { user: Some("root".into()), password, admin: true, server: None });
                     }
                     let empty_allowed = ["MARIADB_ALLOW_EMPTY_ROOT_PASSWORD", "MYSQL_ALLOW_EMPTY_PASSWORD"].iter().any(|n| env_value(n).is_some_and(|v| !v.is_empty() && v != "0" && v != "no"));
                     if empty_allowed {
-                        return Ok(Login { user: Some("root".into()), password: Password::None, admin: true });
+                        return Ok(Login { user: Some("root".into()), password: Password::None, admin: true, server: None });
                     }
                 }
                 let app_user = user.clone().or_else(|| env_value("MARIADB_USER")).or_else(|| env_value("MYSQL_USER"));
                 match (app_user, from_env(&["MARIADB_PASSWORD", "MYSQL_PASSWORD"])) {
-                    (Some(user), Some(password)) => Ok(Login { user: Some(user), password, admin: false }),
+                    (Some(user), Some(password)) => Ok(Login { user: Some(user), password, admin: false, server: None }),
                     _ => Err((
                         super::LABEL_DUMP,
                         format!(
@@ -270,9 +320,15 @@ impl Login {
         }
     }
 
-    /// Shell text that exports the engine's password variable from where the container keeps it,
-    /// plus the variables it needs; the password's value never passes through stackvault.
+    /// Shell text that exports the engine's password variable from where the container (or, over the
+    /// network, stackvault's) keeps it, plus the variables it needs and where the server is; the
+    /// password's value never passes through stackvault.
     fn prelude(&self, engine: DumpEngine, env: &mut Vec<String>) -> String {
+        let connect = self.server.as_ref().map_or("", |server| server.connect(engine, env));
+        format!("{connect}{}", self.password_prelude(engine, env))
+    }
+
+    fn password_prelude(&self, engine: DumpEngine, env: &mut Vec<String>) -> String {
         let variable = engine.password_variable();
         if let Some(user) = &self.user {
             env.push(format!("SV_USER={user}"));
@@ -318,7 +374,7 @@ pub struct ServerInfo {
 }
 
 /// Lists the user databases and asks the server's version and log state.
-pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(ServerInfo, Vec<String>), SourceError> {
+pub async fn inspect_server(shell: &Shell, target: &DumpTarget) -> Result<(ServerInfo, Vec<String>), SourceError> {
     let engine = target.spec.engine;
     let mut env = Vec::new();
     let prelude = target.spec.login.prelude(engine, &mut env);
@@ -329,12 +385,12 @@ pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(Ser
              -c \"SELECT 'database ' || encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname\""
         ),
         _ => format!(
-            "{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" -N -B -e \"SELECT CONCAT('version ', VERSION()); SELECT CONCAT('binlog ', @@log_bin); SELECT CONCAT('database ', HEX(schema_name)) FROM information_schema.schemata WHERE schema_name NOT IN ('information_schema','performance_schema','mysql','sys') ORDER BY schema_name\""
+            "{prelude}{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" \"$@\" -N -B -e \"SELECT CONCAT('version ', VERSION()); SELECT CONCAT('binlog ', @@log_bin); SELECT CONCAT('database ', HEX(schema_name)) FROM information_schema.schemata WHERE schema_name NOT IN ('information_schema','performance_schema','mysql','sys') ORDER BY schema_name\""
         ),
     };
-    let purpose = format!("listing the databases in container {}", target.container);
-    let spec = ExecSpec { container: target.container.clone(), script, env, stdin: false, purpose: purpose.clone() };
-    let output = Exec::run(docker, spec, Duration::from_secs(120)).await?;
+    let purpose = format!("listing the databases in {}", target.place());
+    let spec = ExecSpec { shell: shell.clone(), script, env, stdin: false, purpose: purpose.clone() };
+    let output = Exec::run(spec, Duration::from_secs(120)).await?;
     if output.code != 0 {
         let last = output.last_stderr_line();
         return Err(SourceError::Dump(format!("{purpose}: exit status {}: {last}; no snapshot was written", output.code)));
@@ -358,7 +414,7 @@ pub async fn inspect_server(docker: &Docker, target: &DumpTarget) -> Result<(Ser
 }
 
 /// The exec that writes one dump to its stdout.
-pub fn dump_script(job: &DumpJob) -> ExecSpec {
+pub fn dump_script(shell: &Shell, job: &DumpJob) -> ExecSpec {
     let spec = &job.target.spec;
     let mut env = Vec::new();
     let prelude = spec.login.prelude(spec.engine, &mut env);
@@ -370,7 +426,7 @@ pub fn dump_script(job: &DumpJob) -> ExecSpec {
         (DumpEngine::Postgres, DumpFormat::SqlGlobals) => format!("{prelude}exec pg_dumpall --globals-only"),
         // Uncompressed, so that chunks deduplicate and zstd compresses; the archive's TOC is read back.
         (DumpEngine::Postgres, _) => format!("{prelude}exec pg_dump --format=custom --compress=0 --dbname=\"$SV_CONNINFO\""),
-        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}exec \"$d\" -u\"$SV_USER\" --system=users --insert-ignore"),
+        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}exec \"$d\" -u\"$SV_USER\" \"$@\" --system=users --insert-ignore"),
         (_, _) => {
             // With a binlog, the dump notes its position (and GTID) as a comment, for point-in-time recovery.
             // Noting the position needs the RELOAD privilege: an administrator's login only.
@@ -386,11 +442,11 @@ pub fn dump_script(job: &DumpJob) -> ExecSpec {
             // default's moves; MySQL keeps its default (5.7 allows 4 MiB packets).
             let statements = if spec.engine == DumpEngine::MariaDb { " --net-buffer-length=4194304" } else { "" };
             format!(
-                "{prelude}{MYSQL_TOOLS}exec \"$d\" -u\"$SV_USER\" --single-transaction --routines --events --triggers --hex-blob{statements}{position} --databases \"$SV_DATABASE\""
+                "{prelude}{MYSQL_TOOLS}exec \"$d\" -u\"$SV_USER\" \"$@\" --single-transaction --routines --events --triggers --hex-blob{statements}{position} --databases \"$SV_DATABASE\""
             )
         }
     };
-    ExecSpec { container: job.target.container.clone(), script, env, stdin: false, purpose: job.describe() }
+    ExecSpec { shell: shell.clone(), script, env, stdin: false, purpose: job.describe() }
 }
 
 /// Checks that a text dump ends with its tool's completion line (pg_dumpall's; the `\unrestrict` line
@@ -427,7 +483,7 @@ impl TrailerCheck {
 
 /// Where a stored dump goes back to.
 pub struct RestoreTarget<'a> {
-    pub container: &'a str,
+    pub shell: &'a Shell,
     pub engine: DumpEngine,
     pub format: DumpFormat,
     pub login: &'a Login,
@@ -445,28 +501,28 @@ impl RestoreTarget<'_> {
         (prelude, env)
     }
 
-    async fn query(&self, docker: &Docker, sql_script: &str, purpose: &str) -> Result<String, DockerError> {
+    async fn query(&self, sql_script: &str, purpose: &str) -> Result<String, DockerError> {
         let (prelude, env) = self.env();
-        let spec = ExecSpec { container: self.container.to_string(), script: format!("{prelude}{sql_script}"), env, stdin: false, purpose: purpose.to_string() };
-        let output = Exec::run(docker, spec, Duration::from_secs(300)).await?;
+        let spec = ExecSpec { shell: self.shell.clone(), script: format!("{prelude}{sql_script}"), env, stdin: false, purpose: purpose.to_string() };
+        let output = Exec::run(spec, Duration::from_secs(300)).await?;
         if output.code != 0 {
             let last = output.last_stderr_line();
-            return Err(DockerError::Exec { container: self.container.into(), purpose: purpose.into(), message: format!("exit status {}: {last}", output.code) });
+            return Err(DockerError::Exec { place: self.shell.place(), purpose: purpose.into(), message: format!("exit status {}: {last}", output.code) });
         }
         Ok(output.stdout)
     }
 }
 
 /// Waits until the server accepts connections (it may be starting, on a fresh host), up to 2 minutes.
-pub async fn wait_until_ready(docker: &Docker, target: &RestoreTarget<'_>) -> Result<(), DockerError> {
+pub async fn wait_until_ready(target: &RestoreTarget<'_>) -> Result<(), DockerError> {
     let probe = match target.engine {
         DumpEngine::Postgres => "exec psql -X -A -t -q -d template1 -c 'SELECT 1'",
-        DumpEngine::MariaDb | DumpEngine::MySql => "c=$(command -v mariadb || command -v mysql); exec \"$c\" -u\"$SV_USER\" -N -B -e 'SELECT 1'",
+        DumpEngine::MariaDb | DumpEngine::MySql => "c=$(command -v mariadb || command -v mysql); exec \"$c\" -u\"$SV_USER\" \"$@\" -N -B -e 'SELECT 1'",
         DumpEngine::Command => return Ok(()),
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        match target.query(docker, probe, &format!("waiting for the database server in container {}", target.container)).await {
+        match target.query(probe, &format!("waiting for the database server in {}", target.shell.place())).await {
             Ok(_) => return Ok(()),
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
@@ -476,23 +532,23 @@ pub async fn wait_until_ready(docker: &Docker, target: &RestoreTarget<'_>) -> Re
 
 /// Refuses to load a database over one that exists and holds tables, unless forced; when forced,
 /// drops it first, so that the restore is the dump and nothing else. Returns a note of what it did.
-pub async fn prepare_restore(docker: &Docker, target: &RestoreTarget<'_>, force: bool) -> Result<Option<String>, DockerError> {
+pub async fn prepare_restore(target: &RestoreTarget<'_>, force: bool) -> Result<Option<String>, DockerError> {
     let Some(database) = target.database else { return Ok(None) };
-    let purpose = format!("checking database {database} in container {}", target.container);
+    let purpose = format!("checking database {database} in {}", target.shell.place());
     let tables = match target.engine {
         DumpEngine::Postgres => {
             // psql interpolates variables (a safely quoted name) in its input, not in -c.
-            let exists = target.query(docker, "exec psql -X -A -t -q -d template1 -v db=\"$SV_DATABASE\" <<'SQL'\nSELECT count(*) FROM pg_database WHERE datname = :'db';\nSQL", &purpose).await?;
+            let exists = target.query("exec psql -X -A -t -q -d template1 -v db=\"$SV_DATABASE\" <<'SQL'\nSELECT count(*) FROM pg_database WHERE datname = :'db';\nSQL", &purpose).await?;
             if exists.trim() == "0" {
                 return Ok(None);
             }
             target
-                .query(docker, "exec psql -X -A -t -q -d \"$SV_CONNINFO\" -c \"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'\"", &purpose)
+                .query("exec psql -X -A -t -q -d \"$SV_CONNINFO\" -c \"SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'\"", &purpose)
                 .await?
         }
         DumpEngine::MariaDb | DumpEngine::MySql => {
             let sql = format!("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {}", sql_string(database));
-            target.query(docker, &format!("{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" -N -B -e {}", crate::docker::exec::shell_quote(&sql)), &purpose).await?
+            target.query(&format!("{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" \"$@\" -N -B -e {}", crate::docker::exec::shell_quote(&sql)), &purpose).await?
         }
         DumpEngine::Command => return Ok(None),
     };
@@ -502,24 +558,24 @@ pub async fn prepare_restore(docker: &Docker, target: &RestoreTarget<'_>, force:
     }
     if !force {
         return Err(DockerError::Exec {
-            container: target.container.into(),
+            place: target.shell.place(),
             purpose: format!("restore of database {database}"),
             message: format!("the database exists and holds {tables} tables; drop it first, or pass --force to replace it"),
         });
     }
-    let purpose = format!("dropping database {database} in container {} (--force)", target.container);
+    let purpose = format!("dropping database {database} in {} (--force)", target.shell.place());
     match target.engine {
         DumpEngine::Postgres => {
             // Its sessions end first (what DROP ... WITH (FORCE) does, which needs PostgreSQL 13).
             let sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'db' AND pid <> pg_backend_pid();\nDROP DATABASE :\"db\";";
-            target.query(docker, &format!("exec psql -X -q -o /dev/null -d template1 -v ON_ERROR_STOP=1 -v db=\"$SV_DATABASE\" <<'SQL'\n{sql}\nSQL"), &purpose).await?;
+            target.query(&format!("exec psql -X -q -o /dev/null -d template1 -v ON_ERROR_STOP=1 -v db=\"$SV_DATABASE\" <<'SQL'\n{sql}\nSQL"), &purpose).await?;
         }
         _ => {
             let sql = format!("DROP DATABASE {}", sql_identifier(database));
-            target.query(docker, &format!("{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" -e {}", crate::docker::exec::shell_quote(&sql)), &purpose).await?;
+            target.query(&format!("{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" \"$@\" -e {}", crate::docker::exec::shell_quote(&sql)), &purpose).await?;
         }
     }
-    Ok(Some(format!("database {database} in container {}: replaced ({tables} tables dropped, --force)", target.container)))
+    Ok(Some(format!("database {database} in {}: replaced ({tables} tables dropped, --force)", target.shell.place())))
 }
 
 /// The exec that loads a dump from its stdin.
@@ -531,11 +587,11 @@ pub fn restore_script(target: &RestoreTarget<'_>, purpose: &str) -> ExecSpec {
         (DumpEngine::Postgres, DumpFormat::SqlGlobals) => format!("{prelude}exec psql -X -q -d template1 -f - >/dev/null"),
         // The archive creates the database (it was dropped, or never existed here).
         (DumpEngine::Postgres, _) => format!("{prelude}exec pg_restore --exit-on-error --create --dbname=template1"),
-        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" $s --force"),
+        (_, DumpFormat::SqlGlobals) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" \"$@\" $s --force"),
         // The dump creates the database and switches to it (--databases).
-        (_, _) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" $s"),
+        (_, _) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" \"$@\" $s"),
     };
-    ExecSpec { container: target.container.to_string(), script, env, stdin: true, purpose: purpose.to_string() }
+    ExecSpec { shell: target.shell.clone(), script, env, stdin: true, purpose: purpose.to_string() }
 }
 
 /// A MariaDB/MySQL string: as hex, so that no sql_mode (NO_BACKSLASH_ESCAPES) changes its meaning.
@@ -572,14 +628,14 @@ mod tests {
     fn logins_name_where_the_password_is_never_its_value() {
         let env = ["MARIADB_ROOT_PASSWORD=s3cret".to_string(), "MYSQL_USER=app".into()];
         let login = Login::resolve(DumpEngine::MariaDb, None, None, None, ContainerEnv(&env)).unwrap();
-        assert_eq!(login, Login { user: Some("root".into()), password: Password::Env("MARIADB_ROOT_PASSWORD".into()), admin: true });
+        assert_eq!(login, Login { user: Some("root".into()), password: Password::Env("MARIADB_ROOT_PASSWORD".into()), admin: true, server: None });
         let mut vars = Vec::new();
         let prelude = login.prelude(DumpEngine::MariaDb, &mut vars);
         assert!(!prelude.contains("s3cret") && !vars.iter().any(|v| v.contains("s3cret")), "{prelude} {vars:?}");
 
         let env = ["POSTGRES_PASSWORD_FILE=/run/secrets/pg".to_string(), "POSTGRES_USER=calls".into()];
         let login = Login::resolve(DumpEngine::Postgres, None, None, None, ContainerEnv(&env)).unwrap();
-        assert_eq!(login, Login { user: Some("calls".into()), password: Password::FileInEnv("POSTGRES_PASSWORD_FILE".into()), admin: true });
+        assert_eq!(login, Login { user: Some("calls".into()), password: Password::FileInEnv("POSTGRES_PASSWORD_FILE".into()), admin: true, server: None });
 
         assert!(Login::resolve(DumpEngine::MariaDb, None, None, None, ContainerEnv(&[])).is_err());
         assert!(Login::resolve(DumpEngine::MariaDb, None, Some("A;rm".into()), None, ContainerEnv(&[])).is_err());

@@ -17,13 +17,13 @@ use bollard::models::{Mount, MountType};
 use tokio::runtime::Handle;
 
 use super::{Event, EventSource, SourceError};
-use crate::docker::exec::{Exec, ExecIo, ExecSpec};
+use crate::docker::exec::{Exec, ExecIo, ExecSpec, Shell};
 use crate::docker::engine::Engine;
 use crate::docker::helper::{Helper, HelperSpec};
 use crate::docker::stdio::ChannelWriter;
 use crate::docker::DockerError;
 use crate::repo::format::DumpRecord;
-pub use engine::{ContainerEnv, DumpEngine, Login, Password};
+pub use engine::{ContainerEnv, DumpEngine, Login, Password, ServerAddress};
 
 pub const LABEL_DUMP: &str = "stackvault.dump";
 pub const LABEL_DATABASES: &str = "stackvault.dump.databases";
@@ -50,7 +50,8 @@ pub struct DumpSpec {
     pub login: Login,
 }
 
-/// A container to dump, as discovery found it.
+/// A container to dump, as discovery found it, or a server reached over the network (a `databases:`
+/// entry: its login has the server's address, and `container` is the entry's name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpTarget {
     pub container: String,
@@ -70,6 +71,44 @@ pub struct RelayMount {
     pub source: String,
     /// Where the database container has it.
     pub destination: String,
+}
+
+impl DumpTarget {
+    /// For messages: "container calls-db", "database server cc at mariadb.cc.svc:3306".
+    pub fn place(&self) -> String {
+        match &self.spec.login.server {
+            Some(address) => format!("database server {} at {address}", self.container),
+            None => format!("container {}", self.container),
+        }
+    }
+
+    /// A `databases:` entry: its tools run here and reach the server at its address.
+    pub fn over_network(server: &crate::config::DatabaseConfig) -> DumpTarget {
+        let engine = server.engine;
+        let (admin_user, default_port) = if engine == DumpEngine::Postgres { ("postgres", 5432) } else { ("root", 3306) };
+        let user = server.user.clone().unwrap_or_else(|| admin_user.to_string());
+        let password = match (&server.password_file, &server.password_env) {
+            (Some(path), _) => Password::File(path.display().to_string()),
+            (None, Some(name)) => Password::Env(name.clone()),
+            (None, None) => Password::None,
+        };
+        let address = match server.host.starts_with('/') {
+            true => ServerAddress::Socket(server.host.clone()),
+            false => ServerAddress::Tcp { host: server.host.clone(), port: server.port.unwrap_or(default_port) },
+        };
+        let login = Login { admin: user == admin_user, user: Some(user), password, server: Some(address) };
+        let spec = DumpSpec { engine, databases: server.databases.clone(), command: None, restore_command: None, check_command: None, include_volumes: false, login };
+        DumpTarget { container: server.name.clone(), service: None, project: None, spec, relay: None }
+    }
+
+    /// Where its scripts run: in its container, or here for a server over the network.
+    pub fn shell(&self, docker: Option<&bollard::Docker>) -> Result<Shell, SourceError> {
+        match (&self.spec.login.server, docker) {
+            (Some(_), _) => Ok(Shell::Local { server: self.place() }),
+            (None, Some(docker)) => Ok(Shell::container(docker, &self.container)),
+            (None, None) => Err(SourceError::Dump(format!("dump of {}: no Docker engine to exec in", self.place()))),
+        }
+    }
 }
 
 impl DumpSpec {
@@ -146,26 +185,28 @@ impl DumpJob {
     }
 
     pub fn describe(&self) -> String {
+        let place = self.target.place();
         match &self.database {
-            Some(db) => format!("dump of database {db} in container {}", self.target.container),
-            None if self.format == engine::DumpFormat::Command => format!("dump command in container {}", self.target.container),
-            None => format!("dump of users and roles in container {}", self.target.container),
+            Some(db) => format!("dump of database {db} in {place}"),
+            None if self.format == engine::DumpFormat::Command => format!("dump command in {place}"),
+            None => format!("dump of users and roles in {place}"),
         }
     }
 }
 
 /// Asks the server what to dump: its databases (all user databases, or those the label names, which
 /// must exist) and what it says of itself. One job per database, plus the server's users and roles.
-pub async fn plan_jobs(docker: &bollard::Docker, target: &DumpTarget) -> Result<Vec<DumpJob>, SourceError> {
+pub async fn plan_jobs(docker: Option<&bollard::Docker>, target: &DumpTarget) -> Result<Vec<DumpJob>, SourceError> {
     let spec = &target.spec;
     if spec.engine == DumpEngine::Command {
         let server = engine::ServerInfo::default();
         return Ok(vec![DumpJob { target: target.clone(), database: None, format: engine::DumpFormat::Command, server }]);
     }
-    let (server, existing) = engine::inspect_server(docker, target).await.map_err(|e| {
+    let shell = target.shell(docker)?;
+    let (server, existing) = engine::inspect_server(&shell, target).await.map_err(|e| {
         let what = match &spec.databases {
-            Some(names) => format!("dump of database {} in container {}", names.join(", "), target.container),
-            None => format!("dump of the databases in container {}", target.container),
+            Some(names) => format!("dump of database {} in {}", names.join(", "), target.place()),
+            None => format!("dump of the databases in {}", target.place()),
         };
         SourceError::Dump(format!("{what} failed: {e}"))
     })?;
@@ -173,11 +214,8 @@ pub async fn plan_jobs(docker: &bollard::Docker, target: &DumpTarget) -> Result<
         None => existing,
         Some(wanted) => {
             if let Some(missing) = wanted.iter().find(|w| !existing.contains(w)) {
-                return Err(SourceError::Dump(format!(
-                    "container {}: database {missing:?} ({LABEL_DATABASES}) does not exist; it has {}",
-                    target.container,
-                    existing.join(", ")
-                )));
+                let asked_by = if target.spec.login.server.is_some() { "databases" } else { LABEL_DATABASES };
+                return Err(SourceError::Dump(format!("{}: database {missing:?} ({asked_by}) does not exist; it has {}", target.place(), existing.join(", "))));
             }
             wanted.clone()
         }
@@ -219,7 +257,6 @@ enum Stage {
 /// the bytes to the sidecar over the exchange socket, as volumes travel.
 pub struct DumpStream<'h> {
     handle: &'h Handle,
-    docker: bollard::Docker,
     job: DumpJob,
     exec: Exec,
     stdout: Box<dyn Read + Send>,
@@ -237,8 +274,9 @@ pub struct DumpStream<'h> {
 const PIECE: usize = 1 << 20;
 
 impl<'h> DumpStream<'h> {
-    pub fn start(handle: &'h Handle, engine: &Engine, job: DumpJob) -> Result<Self, SourceError> {
-        let docker = &engine.docker;
+    /// `engine`: the Docker engine the target's container runs on; `None` for a server over the network.
+    pub fn start(handle: &'h Handle, engine: Option<&Engine>, job: DumpJob) -> Result<Self, SourceError> {
+        let shell = job.target.shell(engine.map(|e| &e.docker))?;
         let check = match job.format {
             engine::DumpFormat::PgCustom => Check::PgCustom(pgcustom::CustomArchiveCheck::new()),
             engine::DumpFormat::SqlGlobals if job.target.spec.engine == DumpEngine::Postgres => Check::Trailer(engine::TrailerCheck::pg_globals()),
@@ -246,23 +284,17 @@ impl<'h> DumpStream<'h> {
             // Started before the dump, so that a checker that cannot start leaves no dump running.
             engine::DumpFormat::Command => match &job.target.spec.check_command {
                 Some(command) => {
-                    let spec = ExecSpec {
-                        container: job.target.container.clone(),
-                        script: command.clone(),
-                        env: Vec::new(),
-                        stdin: true,
-                        purpose: format!("check command of the dump in container {}", job.target.container),
-                    };
-                    let (checker, io) = handle.block_on(Exec::start(docker, spec))?;
+                    let spec = ExecSpec { shell: shell.clone(), script: command.clone(), env: Vec::new(), stdin: true, purpose: format!("check command of the dump in {}", job.target.place()) };
+                    let (checker, io) = handle.block_on(Exec::start(spec))?;
                     Check::Command { checker, input: io.stdin.expect("attached stdin"), drained: io.stdout.drain_beside() }
                 }
                 None => Check::None,
             },
         };
-        let mut script = engine::dump_script(&job);
+        let mut script = engine::dump_script(&shell, &job);
         // Without a way around the exec stream (no exchange, no mount, no mkfifo), the stream it is.
-        let relay = match (&job.target.relay, engine.exchange()) {
-            (Some(mount), Some(_)) => handle.block_on(Relay::start(engine, &job, mount)),
+        let relay = match (&job.target.relay, engine) {
+            (Some(mount), Some(engine)) if engine.exchange().is_some() => handle.block_on(Relay::start(engine, &job, mount)),
             _ => None,
         };
         if let Some((relay, ..)) = &relay {
@@ -270,7 +302,7 @@ impl<'h> DumpStream<'h> {
             script.script = format!("exec > \"$SV_FIFO\" || exit 3; {}", script.script);
             script.env.push(format!("SV_FIFO={}", relay.fifo));
         }
-        let started = handle.block_on(Exec::start(docker, script));
+        let started = handle.block_on(Exec::start(script));
         let (exec, ExecIo { stdout, .. }) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -278,14 +310,15 @@ impl<'h> DumpStream<'h> {
                     handle.block_on(checker.stop());
                 }
                 if let Some((relay, ..)) = relay {
-                    handle.block_on(relay.abort(docker));
+                    handle.block_on(relay.abort());
                 }
                 return Err(e.into());
             }
         };
-        let route = match &relay {
-            Some((relay, ..)) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
-            None => format!("by exec in container {}", job.target.container),
+        let route = match (&relay, &job.target.spec.login.server) {
+            (Some((relay, ..)), _) => format!("by exec in container {}, through a FIFO in {}", job.target.container, relay.shown),
+            (None, Some(address)) => format!("over the network from {address}, by {}", job.format.tool(job.target.spec.engine)),
+            (None, None) => format!("by exec in container {}", job.target.container),
         };
         let bytes = Arc::new(AtomicU64::new(0));
         let (stdout, relay): (Box<dyn Read + Send>, _) = match relay {
@@ -297,7 +330,7 @@ impl<'h> DumpStream<'h> {
             }
             None => (Box::new(stdout), None),
         };
-        Ok(DumpStream { handle, docker: docker.clone(), job, exec, stdout, relay, route, check, stage: Stage::Start, bytes, record: None })
+        Ok(DumpStream { handle, job, exec, stdout, relay, route, check, stage: Stage::Start, bytes, record: None })
     }
 
     /// How the dump's bytes travel, for the run's report.
@@ -338,7 +371,7 @@ impl<'h> DumpStream<'h> {
         self.stage = Stage::Ended;
         let code = self.handle.block_on(self.exec.exit_code()).map_err(|e| self.failed(e))?;
         if let Some(relay) = self.relay.take() {
-            self.handle.block_on(relay.finish(&self.docker));
+            self.handle.block_on(relay.finish());
         }
         let tool = self.job.format.tool(self.job.target.spec.engine);
         if code != 0 {
@@ -418,7 +451,7 @@ impl Drop for DumpStream<'_> {
             }
         }
         if let Some(relay) = self.relay.take() {
-            self.handle.block_on(relay.abort(&self.docker));
+            self.handle.block_on(relay.abort());
         }
     }
 }
@@ -426,7 +459,8 @@ impl Drop for DumpStream<'_> {
 /// A dump's way around the exec stream: a FIFO in a mount of the database container, and the helper
 /// that reads it.
 struct Relay {
-    container: String,
+    /// The database container's shell.
+    shell: Shell,
     /// The FIFO's path inside the database container.
     fifo: String,
     helper: Helper,
@@ -455,19 +489,19 @@ impl Relay {
     /// Makes the FIFO and starts the helper that reads it; `None` when either cannot be done. With it
     /// come the stream from the helper and, over a socket, the socket itself (for the watch).
     async fn start(engine: &Engine, job: &DumpJob, mount: &RelayMount) -> Option<(Relay, Box<dyn Read + Send>, Option<std::os::unix::net::UnixStream>)> {
-        let container = job.target.container.clone();
+        let shell = Shell::container(&engine.docker, &job.target.container);
         let name = format!(".stackvault-dump-{}", hex::encode(crate::random_bytes::<8>()));
         let fifo = format!("{}/{name}", mount.destination.trim_end_matches('/'));
         let make = ExecSpec {
-            container: container.clone(),
+            shell: shell.clone(),
             script: "mkfifo -m 600 \"$SV_FIFO\"".into(),
             env: vec![format!("SV_FIFO={fifo}")],
             stdin: false,
             purpose: format!("making a FIFO for the {}", job.describe()),
         };
-        let made = Exec::run(&engine.docker, make, std::time::Duration::from_secs(60)).await;
+        let made = Exec::run(make, std::time::Duration::from_secs(60)).await;
         if !made.is_ok_and(|m| m.code == 0) {
-            remove_fifo(&engine.docker, &container, &fifo).await;
+            remove_fifo(&shell, &fifo).await;
             return None;
         }
         let typ = if mount.volume { MountType::VOLUME } else { MountType::BIND };
@@ -483,30 +517,30 @@ impl Relay {
         match Helper::start(engine, spec).await {
             Ok((helper, io)) => {
                 drop(io.writer);
-                Some((Relay { container, fifo, helper, shown }, io.reader, io.socket))
+                Some((Relay { shell, fifo, helper, shown }, io.reader, io.socket))
             }
             Err(_) => {
-                remove_fifo(&engine.docker, &container, &fifo).await;
+                remove_fifo(&shell, &fifo).await;
                 None
             }
         }
     }
 
     /// The dump ended: the helper is done once the stream is, and the FIFO goes.
-    async fn finish(self, docker: &bollard::Docker) {
-        remove_fifo(docker, &self.container, &self.fifo).await;
+    async fn finish(self) {
+        remove_fifo(&self.shell, &self.fifo).await;
         self.helper.release();
     }
 
-    async fn abort(self, docker: &bollard::Docker) {
-        remove_fifo(docker, &self.container, &self.fifo).await;
+    async fn abort(self) {
+        remove_fifo(&self.shell, &self.fifo).await;
         self.helper.abort().await;
     }
 }
 
-async fn remove_fifo(docker: &bollard::Docker, container: &str, fifo: &str) {
-    let spec = ExecSpec { container: container.to_string(), script: "rm -f \"$SV_FIFO\"".into(), env: vec![format!("SV_FIFO={fifo}")], stdin: false, purpose: "removing a dump's FIFO".into() };
-    let _ = Exec::run(docker, spec, std::time::Duration::from_secs(60)).await;
+async fn remove_fifo(shell: &Shell, fifo: &str) {
+    let spec = ExecSpec { shell: shell.clone(), script: "rm -f \"$SV_FIFO\"".into(), env: vec![format!("SV_FIFO={fifo}")], stdin: false, purpose: "removing a dump's FIFO".into() };
+    let _ = Exec::run(spec, std::time::Duration::from_secs(60)).await;
 }
 
 /// How the running container takes a dump back: its login, and for a command dump the restore
@@ -516,34 +550,35 @@ pub struct Loader {
     pub restore_command: Option<String>,
 }
 
-/// Loads a dump back: `send` writes the stored stream into the restore command's stdin.
+/// Loads a dump back into the server `shell` reaches: `send` writes the stored stream into the
+/// restore command's stdin.
 pub fn restore(
     handle: &Handle,
-    docker: &bollard::Docker,
-    container: &str,
+    shell: &Shell,
     record: &DumpRecord,
     loader: &Loader,
     force: bool,
     send: &mut dyn FnMut(&mut dyn Write) -> Result<(), crate::Error>,
 ) -> Result<Vec<String>, crate::Error> {
+    let place = shell.place();
     let what = match &record.database {
-        Some(db) => format!("restore of database {db} into container {container}"),
-        None => format!("restore of the {} dump into container {container}", record.format),
+        Some(db) => format!("restore of database {db} into {place}"),
+        None => format!("restore of the {} dump into {place}", record.format),
     };
     let engine = DumpEngine::parse(&record.engine).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
     let format = engine::DumpFormat::parse(&record.format).map_err(|e| crate::Error::Usage(format!("{what}: {e}")))?;
     let restore_command = loader.restore_command.as_deref();
-    let target = engine::RestoreTarget { container, engine, format, login: &loader.login, database: record.database.as_deref(), restore_command };
+    let target = engine::RestoreTarget { shell, engine, format, login: &loader.login, database: record.database.as_deref(), restore_command };
     let mut warnings = Vec::new();
     if restore_command.is_some() && restore_command != record.restore_command.as_deref() {
-        warnings.push(format!("{what}: loaded by the restore command container {container} names now, not the one recorded at backup"));
+        warnings.push(format!("{what}: loaded by the restore command {place} names now, not the one recorded at backup"));
     }
-    handle.block_on(engine::wait_until_ready(docker, &target)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })?;
-    if let Some(prepare) = handle.block_on(engine::prepare_restore(docker, &target, force)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })? {
+    handle.block_on(engine::wait_until_ready(&target)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })?;
+    if let Some(prepare) = handle.block_on(engine::prepare_restore(&target, force)).map_err(|e| crate::Error::Source { source_name: what.clone(), message: e.to_string() })? {
         warnings.push(prepare);
     }
     let spec = engine::restore_script(&target, &what);
-    let (exec, io) = handle.block_on(Exec::start(docker, spec))?;
+    let (exec, io) = handle.block_on(Exec::start(spec))?;
     let mut stdin = io.stdin.expect("attached stdin");
     let drained = io.stdout.drain_beside();
     let sent = send(&mut stdin).and_then(|_| stdin.flush().map_err(|e| crate::Error::source(&what, e)));
