@@ -396,22 +396,49 @@ pub struct DryRun {
     pub actions: Vec<String>,
 }
 
-pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
-    let repo = crate::open_repository(config)?;
-    let Plan { engine, sources, skipped, dumps, stop, hooks, .. } = plan(config).await?;
+/// What a backup would reach, found by reaching it (the engine, each selected container, each
+/// database server, which lists its databases) and changing nothing.
+pub struct Reached {
+    plan: Plan,
+    /// What a backup would do besides reading, in order.
+    pub actions: Vec<String>,
+}
+
+impl Reached {
+    /// The selected containers and the database servers (by exec or over the network).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.plan.containers.len(), self.plan.dumps.len())
+    }
+
+    /// Lets go of the engine (its exchange helper), as a run does at its end.
+    pub async fn finish(self) {
+        if let Some(engine) = self.plan.engine {
+            engine.finish().await;
+        }
+    }
+}
+
+pub async fn reach(config: &Config) -> Result<Reached, Error> {
+    let plan = plan(config).await?;
     let mut actions = Vec::new();
-    for hook in hooks.iter().filter(|h| h.pre.is_some()) {
+    for hook in plan.hooks.iter().filter(|h| h.pre.is_some()) {
         actions.push(format!("run the pre hook of container {}", hook.container));
     }
     // Asks each server for its databases: read-only, like the rest of a dry run.
-    for target in &dumps {
-        let jobs = dump::plan_jobs(engine.as_ref().map(|e| &e.docker), target).await.map_err(|e| Error::source(format!("dump {}", target.container), e))?;
+    for target in &plan.dumps {
+        let jobs = dump::plan_jobs(plan.engine.as_ref().map(|e| &e.docker), target).await.map_err(|e| Error::source(format!("dump {}", target.container), e))?;
         actions.extend(jobs.iter().map(|job| format!("dump {} ({}, {})", job.name(), target.spec.engine.as_str(), job.format.as_str())));
     }
-    actions.extend(stop.iter().map(|c| format!("stop container {c} while the mounts are read, then start it again")));
-    for hook in hooks.iter().filter(|h| h.post.is_some()) {
+    actions.extend(plan.stop.iter().map(|c| format!("stop container {c} while the mounts are read, then start it again")));
+    for hook in plan.hooks.iter().filter(|h| h.post.is_some()) {
         actions.push(format!("run the post hook of container {}", hook.container));
     }
+    Ok(Reached { plan, actions })
+}
+
+pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
+    let repo = crate::open_repository(config)?;
+    let Reached { plan: Plan { engine, sources, skipped, .. }, actions } = reach(config).await?;
     let engine = engine.map(Arc::new);
     let handle = Handle::current();
     let config = config.clone();

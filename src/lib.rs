@@ -6,6 +6,7 @@ pub mod agent;
 pub mod archiver;
 pub mod backup;
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod docker;

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         wait: Option<std::time::Duration>,
     },
+    /// Check the configuration, the target (read, write, immutability), the Docker engine, every
+    /// selected container and database server, and show what a backup would take; store nothing
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run backups on the schedule, retry pending snapshots, serve /healthz and /metrics on `listen`
     Daemon,
     /// Show the last success and failure, the next run, pending snapshots, staging use, the lock holder
@@ -234,6 +240,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
             println!("created repository {} at {} ({encryption})", repo.config.id, repo.storage.location());
         }
+        Command::Check { json } => {
+            let config = Config::load(config_path)?;
+            let report = interruptible(&config, stackvault::check::check(&config)).await?;
+            let passed = report.passed();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let origin = if config.origin.is_empty() { "from the environment".to_string() } else { config.origin.clone() };
+                println!("{:<5} {:<13} {origin}", "ok", "configuration");
+                for finding in &report.findings {
+                    println!("{:<5} {:<13} {}", if finding.ok { "ok" } else { "FAIL" }, finding.part, finding.detail);
+                }
+                if let Some(dry) = &report.would_take {
+                    print_dry_run(dry);
+                    let (files, read) = dry.sources.iter().fold((0, 0), |(f, b), s| (f + s.files_to_read, b + s.bytes_to_read));
+                    println!("a backup would read {files} files, {}, from {} sources (the rest is unchanged)", bytes(read), dry.sources.len());
+                }
+                println!("{}", if passed { "check passed; nothing was stored" } else { "check FAILED; nothing was stored" });
+            }
+            return Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         Command::Backup { dry_run: true, json, .. } => {
             let config = Config::load(config_path)?;
             let dry = interruptible(&config, stackvault::backup::dry_run(&config)).await??;
@@ -241,27 +268,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&dry)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for skip in &dry.skipped {
-                println!("skipped {skip}");
-            }
-            for action in &dry.actions {
-                println!("would {action}");
-            }
-            let scans = &dry.sources;
-            for scan in scans {
-                println!(
-                    "  {:?} {} (read {}): {} entries; would read {} files, {}; unchanged {} files, {}",
-                    scan.kind,
-                    scan.name,
-                    scan.route,
-                    scan.entries,
-                    scan.files_to_read,
-                    bytes(scan.bytes_to_read),
-                    scan.unchanged_files,
-                    bytes(scan.unchanged_bytes)
-                );
-                print_excluded(&scan.excluded);
-            }
+            print_dry_run(&dry);
             println!("dry run: nothing was read but metadata, nothing was written");
         }
         Command::Backup { wait, .. } => {
@@ -701,6 +708,31 @@ impl Progress {
             let _ = task.await;
         }
         (stackvault::storage::bytes_sent(), self.started.elapsed().as_secs_f64())
+    }
+}
+
+/// What `backup --dry-run` (and `check`) found: what is left out, what would be done, each source's scan.
+fn print_dry_run(dry: &stackvault::backup::DryRun) {
+    for skip in &dry.skipped {
+        println!("skipped {skip}");
+    }
+    for action in &dry.actions {
+        println!("would {action}");
+    }
+    let scans = &dry.sources;
+    for scan in scans {
+        println!(
+            "  {:?} {} (read {}): {} entries; would read {} files, {}; unchanged {} files, {}",
+            scan.kind,
+            scan.name,
+            scan.route,
+            scan.entries,
+            scan.files_to_read,
+            bytes(scan.bytes_to_read),
+            scan.unchanged_files,
+            bytes(scan.unchanged_bytes)
+        );
+        print_excluded(&scan.excluded);
     }
 }
 

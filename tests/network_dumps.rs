@@ -41,6 +41,11 @@ fn round_trip_then_failures(engine: &'static str) {
     let watermark = server.run_fixture("watermark.sql");
     let before = server.checksums(&watermark);
 
+    // check reaches the target and the server (which lists its databases) and stores nothing.
+    let checked = ok(stackvault(&server.config).arg("check"));
+    assert!(checked.contains("ok    target") && checked.contains("1 database servers, each listing its databases") && checked.contains("would dump cc/calls") && checked.contains("check passed"), "{checked}");
+    assert!(checked.contains("the target locks nothing"), "a share's lack of locks is said: {checked}");
+    assert!(server.snapshots().is_empty(), "check stored a snapshot");
     let dry = ok(stackvault(&server.config).args(["backup", "--dry-run"]));
     assert!(dry.contains(&format!("would dump cc/calls ({engine}")), "{dry}");
     let out = ok(stackvault(&server.config).arg("backup"));
@@ -122,6 +127,10 @@ fn round_trip_then_failures(engine: &'static str) {
     std::fs::write(&password_file, "not-the-password").unwrap();
     let stderr = server.failing_backup("wrong password");
     assert!(stderr.contains("database server cc") && (stderr.contains("denied") || stderr.contains("password authentication failed")), "wrong password: {stderr}");
+    let checked = run(stackvault(&server.config).arg("check"));
+    let said = text(&checked.stdout);
+    assert!(!checked.status.success() && said.contains("ok    target") && said.contains("FAIL  sources") && said.contains("database server cc") && said.contains("check FAILED"), "{said}");
+    assert!(!said.contains(&server.password), "{said}");
     std::fs::write(&password_file, &server.password).unwrap();
 
     // The server is down.
