@@ -53,13 +53,14 @@ VARIANTS = [
         "serviceAccount": {"workloadIdentity": {"clientId": "00000000-0000-0000-0000-000000000001", "tenantId": "00000000-0000-0000-0000-000000000002"}},
         "credentials": {"azureKey": ""}})),
     ("share-existing", "cc", {
+        "suspend": True,
         "repository": {"filesystem": {"existingClaim": "backup-share", "directory": "callcenter"}},
         "state": {"existingClaim": "stackvault-state"},
         "credentials": {"existingSecret": "cc-backup-credentials"},
         "sources": ALL["sources"], "databases": ALL["databases"],
         "restore": {"enabled": True, "snapshot": "3f2a9c0d"}}),
     # The longest release name Helm allows: every name must still fit.
-    ("long-name", "a" * 53, merged(ALL, {"mode": "daemon", "serviceMonitor": {"enabled": True}})),
+    ("long-name", "a" * 53, merged(ALL, {"mode": "daemon", "suspend": True, "serviceMonitor": {"enabled": True}})),
 ]
 
 # Misspelt values: values.schema.json must reject each, naming the key.
@@ -250,6 +251,7 @@ def check_variant(name, release, values):
     for cronjob in by_kind.get("CronJob", []):
         spec = cronjob["spec"]
         check(spec["concurrencyPolicy"] == "Forbid", f"{where}: concurrencyPolicy {spec['concurrencyPolicy']}")
+        check(spec["suspend"] is merged_values["suspend"], f"{where}: suspend")
         check(spec["schedule"] == merged_values["schedule"], f"{where}: schedule {spec['schedule']!r}")
         check(spec.get("timeZone", "") == merged_values["timeZone"], f"{where}: timeZone")
         job = spec["jobTemplate"]["spec"]
@@ -261,7 +263,7 @@ def check_variant(name, release, values):
     if mode == "daemon":
         check(config.get("listen") == f"0.0.0.0:{merged_values['daemon']['port']}", f"{where}: the daemon must listen on all addresses for the Service")
         deployment = by_kind["Deployment"][0]
-        check(deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate", f"{where}: one daemon, Recreate")
+        check(deployment["spec"]["replicas"] == (0 if merged_values["suspend"] else 1) and deployment["spec"]["strategy"]["type"] == "Recreate", f"{where}: one daemon, Recreate")
         service = by_kind["Service"][0]
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         check(service["spec"]["selector"].items() <= pod_labels.items(), f"{where}: the Service selects no daemon pod")
@@ -290,6 +292,8 @@ def check_variant(name, release, values):
         check(spec["serviceAccountName"] in names.get("ServiceAccount", set()) or not merged_values["serviceAccount"]["create"], f"{at}: unknown service account")
         check((labels.get("azure.workload.identity/use") == "true") == workload_identity, f"{at}: the workload identity label must be there exactly with that credential")
         (container,) = spec["containers"]
+        # Backups meet the Pod Security Standards' "restricted" profile; restore "baseline" (root, with
+        # capabilities that profile allows).
         sc, psc = container["securityContext"], spec["securityContext"]
         check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False, f"{at}: root filesystem writable or privilege escalation allowed")
         check(sc["capabilities"].get("drop") == ["ALL"], f"{at}: capabilities not dropped")
@@ -305,8 +309,8 @@ def check_variant(name, release, values):
         check(volumes[mounts["/tmp"]["name"]].get("emptyDir") is not None, f"{at}: /tmp is no emptyDir")
         check(volumes[mounts["/etc/stackvault"]["name"]]["configMap"]["name"] in names["ConfigMap"], f"{at}: the config is not the rendered ConfigMap")
         data = volumes[mounts["/var/lib/stackvault"]["name"]]
-        if role == "restore":
-            check("emptyDir" in data, f"{at}: restore must leave the state PVC and its lock to the backups")
+        if role in ("restore", "init"):
+            check("emptyDir" in data, f"{at}: {role} must leave the state PVC and its lock to the backups")
         else:
             check(data["persistentVolumeClaim"]["claimName"] == state_claim, f"{at}: state PVC")
         for key in ("state_dir", "cache_dir"):

@@ -208,8 +208,9 @@ src/config.rs knows, since it rejects any other (tests/chart.rs parses every ren
 
 {{/*
 The pod spec of every workload: (dict "root" $ "role" "backup|daemon|init|restore" "args" (list ...)).
-Only restore mounts the sources read-write and holds the age identity; it keeps its state on an
-emptyDir, leaving the (ReadWriteOnce) state PVC and its run lock to the backups. init needs no sources.
+Only restore mounts the sources read-write and holds the age identity. Restore and init keep their
+cache on an emptyDir, leaving the (ReadWriteOnce) state PVC and its run lock to the backups; init
+needs no sources either.
 */}}
 {{- define "stackvault.podSpec" -}}
 {{- $root := .root -}}
@@ -315,7 +316,7 @@ volumes:
     configMap:
       name: {{ include "stackvault.fullname" $root }}
   - name: data
-    {{- if $restore }}
+    {{- if or $restore (eq .role "init") }}
     emptyDir: {}
     {{- else }}
     persistentVolumeClaim:
