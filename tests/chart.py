@@ -321,7 +321,7 @@ def check_variant(name, release, values):
             check(repo_mount and path.startswith(fs["mountPath"]), f"{at}: the repository path {path} is not on the share's mount")
             if repo_mount:
                 claim = volumes[repo_mount["name"]]["persistentVolumeClaim"]["claimName"]
-                check(claim == (fs["existingClaim"] or claim) and (fs["existingClaim"] or claim in names["PersistentVolumeClaim"]), f"{at}: share claim {claim}")
+                check(claim == fs["existingClaim"] if fs["existingClaim"] else claim in names["PersistentVolumeClaim"], f"{at}: share claim {claim}")
                 check(repo_mount.get("readOnly") is (role == "restore"), f"{at}: the share is read-only exactly for restore")
         # Every path the configuration names is mounted: sources, secret files.
         source_paths = config.get("paths", [])
@@ -340,7 +340,8 @@ def check_variant(name, release, values):
         if secret_files:
             secret_volume = volumes.get(mounts.get(SECRETS_DIR, {}).get("name"), {}).get("secret", {})
             secret_name = secret_volume.get("secretName")
-            check(secret_name == (merged_values["credentials"]["existingSecret"] or secret_name) and secret_name, f"{at}: credentials Secret not mounted")
+            existing = merged_values["credentials"]["existingSecret"]
+            check(secret_name == existing if existing else secret_name in secrets, f"{at}: credentials Secret {secret_name} not mounted")
             for path in secret_files:
                 key = path.removeprefix(SECRETS_DIR + "/")
                 check(path.startswith(SECRETS_DIR + "/") and (secret_name not in secrets or secrets[secret_name].get(key)), f"{at}: {path} is no key of the Secret {secret_name}")
