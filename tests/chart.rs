@@ -21,29 +21,16 @@ fn rendered() -> serde_json::Map<String, serde_json::Value> {
 
 /// The rendered configuration, parsed as stackvault parses its file.
 fn parse(variant: &str, render: &serde_json::Value) -> Config {
-    let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(render["config"].as_str().unwrap()).unwrap();
-    // `databases:` (network dumps) is being added to config.rs in parallel; until it lands, check its
-    // shape here and parse the rest. Whoever merges both drops this removal.
-    if let Some(databases) = yaml.as_mapping_mut().unwrap().remove("databases") {
-        for db in databases.as_sequence().expect("databases is a list") {
-            let keys: Vec<&str> = db.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap()).collect();
-            for key in &keys {
-                assert!(["name", "engine", "host", "port", "user", "password_file", "databases"].contains(key), "[{variant}] databases: unknown key {key}");
-            }
-            for key in ["name", "engine", "host", "user", "password_file"] {
-                assert!(keys.contains(&key), "[{variant}] databases: {key} missing in {db:?}");
-            }
-            assert!(["mariadb", "mysql", "postgres"].contains(&db["engine"].as_str().unwrap()));
-        }
-    }
-    let text = serde_yaml_ng::to_string(&yaml).unwrap();
-    Config::parse(&text, &format!("{variant}/stackvault.yaml")).unwrap_or_else(|e| panic!("stackvault rejects the [{variant}] configuration: {e}\n{text}"))
+    let text = render["config"].as_str().unwrap();
+    Config::parse(text, &format!("{variant}/stackvault.yaml")).unwrap_or_else(|e| panic!("stackvault rejects the [{variant}] configuration: {e}\n{text}"))
 }
 
 #[test]
 fn every_render_of_the_chart_is_a_configuration_stackvault_accepts() {
     let renders = rendered();
     assert_eq!(renders.len(), 6, "variants: {:?}", renders.keys().collect::<Vec<_>>());
+    let servers: usize = renders.iter().map(|(variant, render)| parse(variant, render).databases.len()).sum();
+    assert!(servers > 0, "no render has a databases: entry for stackvault's parser to check");
     for (variant, render) in &renders {
         let config = parse(variant, render);
         assert!(config.stack().is_ok(), "[{variant}] no stack name");
