@@ -247,6 +247,7 @@ impl<'a> Archiver<'a> {
         }
         stats.bytes += meta.size;
         stats.unchanged_files += 1;
+        crate::progress::advance(meta.size);
         // The walk did not read them: they are the cache's, unchanged with the stamp.
         let meta = Meta { xattrs, ..meta };
         let node = node_from(meta.clone(), content, None);
@@ -268,6 +269,7 @@ impl<'a> Archiver<'a> {
         loop {
             match source.next_event() {
                 Ok(Event::Data(piece)) => {
+                    crate::progress::advance(piece.len() as u64);
                     let mut rest = &piece[..];
                     while !rest.is_empty() {
                         // A cut can come anywhere past `min_size`: taking little at a time from there on

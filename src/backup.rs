@@ -217,12 +217,18 @@ pub async fn backup(config: &Config, destination: &Destination) -> Result<Backup
         let mut caches = Vec::new();
         let mut unchanged_files = 0;
         let mut routes = Vec::new();
+        let mut last_sizes = crate::progress::LastSizes::load(&config.cache_dir().join(&repo.config.id));
+        let begin = |label: String| {
+            let expected = last_sizes.sizes.get(&label).copied();
+            crate::progress::begin(label, expected);
+        };
         // Databases first, while every server runs.
         for target in &dumps {
             let engine = engine.as_deref();
             let jobs = handle.block_on(dump::plan_jobs(engine.map(|e| &e.docker), target)).map_err(|e| Error::source(format!("dump {}", target.container), e))?;
             for job in jobs {
                 let shown = format!("dump {}", job.name());
+                begin(shown.clone());
                 let mut stream = DumpStream::start(&handle, engine, job.clone()).map_err(|e| Error::source(&shown, e))?;
                 let archived = archiver.archive(&mut stream, &mut CacheLink::default()).map_err(|e| Error::archive(&shown, e))?;
                 let mut record = SourceRecord::new(SourceKind::Dump, job.name(), archived.root);
@@ -269,6 +275,7 @@ pub async fn backup(config: &Config, destination: &Destination) -> Result<Backup
             result?;
         }
         for source in planned {
+            begin(format!("{} {}", source.kind().as_str(), source.name()));
             let cache = source.files_cache(&config, &repo);
             let rules = source.rules(&config);
             let reading = Reading { rules: &rules, cache_tags: config.exclude_caches(), read_content: true };
@@ -309,6 +316,9 @@ pub async fn backup(config: &Config, destination: &Destination) -> Result<Backup
             });
             caches.push((next.filter(|_| cache_failed.is_none()), cache_failed));
         }
+        crate::progress::end();
+        last_sizes.sizes = records.iter().map(|r| (r.label(), r.bytes)).collect();
+        last_sizes.save();
         records.append(&mut stack_records);
         routes.append(&mut stack_routes);
         let new_bytes = archiver.new_bytes;

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod progress;
 pub mod docker;
 pub mod repo;
 pub mod restore;

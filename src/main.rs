@@ -670,8 +670,9 @@ impl RestoreSteps {
     }
 }
 
-/// Bytes sent to the target and their rate, on one line refreshed each second while stderr is a
-/// terminal; otherwise silent.
+/// While stderr is a terminal, a bar for the source being read: its bytes, rate and time left (its
+/// size at the last run is the estimate; without one, bytes and rate), and what was sent to the
+/// target; otherwise silent.
 struct Progress {
     started: std::time::Instant,
     ticker: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
@@ -682,17 +683,30 @@ impl Progress {
         use std::io::IsTerminal;
         let ticker = std::io::stderr().is_terminal().then(|| {
             let (stop, mut stopped) = tokio::sync::oneshot::channel();
-            let started = std::time::Instant::now();
             let task = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                let mut shown: Option<(String, std::time::Instant)> = None;
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = &mut stopped => break,
                     }
-                    let sent = stackvault::storage::bytes_sent();
-                    let rate = sent as f64 / started.elapsed().as_secs_f64().max(0.001);
-                    eprint!("\r\x1b[Ksent {} to the target ({}/s)", bytes(sent), bytes(rate as u64));
+                    let Some((step, done)) = stackvault::progress::current() else { continue };
+                    if shown.as_ref().is_none_or(|(what, _)| *what != step.what) {
+                        shown = Some((step.what.clone(), std::time::Instant::now()));
+                    }
+                    let seconds = shown.as_ref().map_or(0.0, |(_, since)| since.elapsed().as_secs_f64());
+                    let rate = done as f64 / seconds.max(0.5);
+                    // A source that grew since the last run ends past its estimate: no time left is told then.
+                    let of = match step.expected.filter(|&total| total >= done) {
+                        Some(total) => {
+                            let left = ((total - done) as f64 / rate.max(1.0)).round() as u64;
+                            format!("/{} ({}%), {} left", bytes(total), done * 100 / total.max(1), humantime::format_duration(std::time::Duration::from_secs(left)))
+                        }
+                        None => String::new(),
+                    };
+                    let sent = bytes(stackvault::storage::bytes_sent());
+                    eprint!("\r\x1b[K{} {}{of} at {}/s; sent {sent}", step.what, bytes(done), bytes(rate as u64));
                 }
                 eprint!("\r\x1b[K");
             });
