@@ -232,7 +232,10 @@ impl Exec {
     pub async fn exit_code(&self) -> Result<i64, DockerError> {
         if let Some(exit) = &self.local_exit {
             let mut exit = exit.clone();
-            let code = exit.wait_for(Option::is_some).await.map(|code| code.unwrap_or(-1)).unwrap_or(-1);
+            let waited = tokio::time::timeout(Duration::from_secs(30), exit.wait_for(Option::is_some)).await;
+            let Ok(code) = waited.map(|code| code.map(|c| c.unwrap_or(-1)).unwrap_or(-1)) else {
+                return Err(exec_error(&self.shell, &self.purpose, "still running 30 s after its output ended".into()));
+            };
             self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
             self.forget();
             return Ok(code);
