@@ -273,7 +273,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(address) => match stackvault::runner::listen(address, runner.metrics.clone()).await {
                     Ok(server) => Some(server),
                     Err(e) => {
-                        eprintln!("warning: {e}: this run serves no /healthz or /metrics");
+                        eprintln!("warning: {e}; this run serves no /healthz or /metrics");
                         None
                     }
                 },
