@@ -274,8 +274,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup { wait, .. } => {
             let config = Config::load(config_path)?;
             let Some((lock, runner)) = take_lock(&config, "backup", wait.unwrap_or_default()).await? else { return Ok(ExitCode::from(EXIT_LOCKED)) };
+            // A daemon in the same container (`docker compose exec stackvault stackvault backup`)
+            // holds `listen` already: its endpoints are not worth failing this backup over.
             let server = match config.listen {
-                Some(address) => Some(stackvault::runner::listen(address, runner.metrics.clone()).await?),
+                Some(address) => match stackvault::runner::listen(address, runner.metrics.clone()).await {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        eprintln!("warning: {e}; this run serves no /healthz or /metrics");
+                        None
+                    }
+                },
                 None => None,
             };
             let progress = Progress::start();

@@ -222,3 +222,19 @@ impl Scene {
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
+
+/// The version the images are tagged with (Cargo.toml's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builds stackvault:latest and stackvault-k8s:latest from this build's binary with docker/build,
+/// once per test binary; docker/build itself skips images that are up to date and takes a lock, so
+/// test binaries running side by side take turns. Returns its output and how long it took.
+pub fn build_images() -> &'static (String, std::time::Duration) {
+    static BUILT: std::sync::OnceLock<(String, std::time::Duration)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let started = std::time::Instant::now();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/build");
+        let out = ok(Command::new("bash").arg(script).arg(env!("CARGO_BIN_EXE_stackvault")));
+        (out, started.elapsed())
+    })
+}
