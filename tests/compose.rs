@@ -190,6 +190,10 @@ fn the_example_stack_is_backed_up_on_schedule_destroyed_and_restored_by_its_side
     let health = stack.ok(&["exec", "-T", "stackvault", "/stackvault", "healthcheck"]);
     assert!(health.starts_with("ok"), "{health}");
 
+    // A backup from a one-off container beside the daemon (`compose run`): neither the daemon nor
+    // this container is the stack's, so the restore below re-creates neither.
+    stack.ok(&["run", "--rm", "stackvault", "backup", "--wait", "1m"]);
+
     // The disaster: containers, volumes (data, database, the sidecar's cache and state) and network gone.
     stack.ok(&["down", "-v"]);
     assert_eq!(stack.leftovers(), Vec::<String>::new());
@@ -201,6 +205,8 @@ fn the_example_stack_is_backed_up_on_schedule_destroyed_and_restored_by_its_side
     assert!(restored.contains(&format!("container {}: running", stack.container("app"))), "{restored}");
     assert_eq!(state(&stack.container("db")), "running healthy");
     assert_eq!(state(&stack.container("app")), "running");
+    let sidecars = docker(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={p}"), "--filter", "label=com.docker.compose.service=stackvault"]);
+    assert!(sidecars.is_empty(), "the restore re-created the sidecar's own service: {sidecars}");
     assert_eq!(stack.sql("CHECKSUM TABLE calls"), checksum);
     let after = stack.dir.join("after.json");
     manifest(&volume_dir(&format!("{p}_recordings")), &after);

@@ -111,16 +111,29 @@ pub const ENGINE_NETWORKS: [&str; 3] = ["bridge", "host", "none"];
 
 /// Inspects `containers` (names) and what they use; the sidecar's own container (`own_id`) is none of
 /// the stack's: a restore has its own stackvault.
+/// A container's compose project and service, where it has them.
+fn compose_service(labels: &std::collections::HashMap<String, String>) -> Option<(String, String)> {
+    Some((labels.get("com.docker.compose.project")?.clone(), labels.get("com.docker.compose.service")?.clone()))
+}
+
 pub async fn capture(docker: &Docker, containers: &[String], own_id: Option<&str>) -> Result<StackDefinition, DockerError> {
     let mut definition = StackDefinition::default();
     let mut projects = BTreeSet::new();
     let mut static_networks = BTreeSet::new();
     let mut volumes = BTreeSet::new();
     let mut images = BTreeMap::new();
+    // stackvault's own service (the daemon, and a `compose run` of it beside it) is not the stack's.
+    let own_service = match own_id {
+        Some(id) => docker.inspect_container(id, None).await.ok().and_then(|c| c.config?.labels).and_then(|labels| compose_service(&labels)),
+        None => None,
+    };
     for name in containers {
         let inspected = docker.inspect_container(name, None).await.map_err(DockerError::api(format!("inspecting container {name}")))?;
         let id = inspected.id.clone().unwrap_or_default();
-        if own_id == Some(id.as_str()) {
+        let labels = inspected.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        // A one-off container (`compose run`) is a command run once, not a service to re-create.
+        let one_off = labels.get("com.docker.compose.oneoff").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if own_id == Some(id.as_str()) || one_off || (own_service.is_some() && compose_service(&labels) == own_service) {
             continue;
         }
         let mut config = inspected.config.unwrap_or_default();
