@@ -4,7 +4,8 @@
 //! logging in as a backup user whose password is in a file. The same checks as dumps by exec (exit
 //! code, non-empty, the engine's completion check, row counts), the same dump sources, and
 //! `restore --only db:NAME` loads them back over the network. A wrong password, a connection the
-//! server kills mid-dump and a server that is down each fail the run and write no snapshot.
+//! server kills mid-dump and a server that is down each fail the run and write no snapshot. And the
+//! same from the stackvault-k8s image, as the Helm chart runs it.
 
 mod common;
 
@@ -150,4 +151,46 @@ fn mariadb_over_the_network_round_trips_and_every_failure_fails_the_run() {
 #[test]
 fn postgres_over_the_network_round_trips_and_every_failure_fails_the_run() {
     round_trip_then_failures("postgres");
+}
+
+/// The Kubernetes story as the chart runs it: the stackvault-k8s image (its own client tools, uid
+/// 65532, a read-only root file system) on the server's network, configured by a file, dumps the
+/// server into a repository it owns and loads the dump back.
+#[test]
+fn the_k8s_image_dumps_and_restores_over_the_network_as_a_non_root_user() {
+    build_images();
+    let network = Network::create();
+    let server = Server::on_network("mariadb", &network.0);
+    server.run_fixture("schema.sql");
+    server.run_fixture("load.sql");
+    let watermark = server.run_fixture("watermark.sql");
+    let before = server.checksums(&watermark);
+
+    let work = scratch("k8s-image");
+    std::fs::write(work.join("db-password"), &server.password).unwrap();
+    let config = format!(
+        "stack: cc\nrepository:\n  filesystem:\n    path: /work/repo\nstate_dir: /work/state\ncache_dir: /work/cache\ndatabases:\n  - name: cc\n    engine: mariadb\n    host: {}\n    user: backup\n    password_file: /work/db-password\n    databases: [calls]\n",
+        server.address.as_deref().unwrap()
+    );
+    std::fs::write(work.join("stackvault.yaml"), config).unwrap();
+    ok(Command::new("chown").args(["-R", "65532:65532"]).arg(&work));
+    ok(Command::new("chmod").args(["0400"]).arg(work.join("db-password")));
+    let mount = format!("{}:/work", work.display());
+    let stackvault_k8s = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--network", &network.0, "--read-only", "--tmpfs", "/tmp", "-v", &mount, "stackvault-k8s:latest", "-c", "/work/stackvault.yaml"];
+        all.extend_from_slice(args);
+        docker(&all)
+    };
+    stackvault_k8s(&["init"]);
+    let backed_up = stackvault_k8s(&["backup"]);
+    assert!(backed_up.contains("Dump cc/calls") && backed_up.contains("over the network from") && backed_up.contains("mariadb-dump"), "{backed_up}");
+    let owners = text(&run(Command::new("find").arg(work.join("repo")).args(["!", "-uid", "65532"])).stdout);
+    assert!(owners.trim().is_empty(), "the repository holds files not owned by uid 65532: {owners}");
+
+    server.drop_calls();
+    let restored = stackvault_k8s(&["restore", "latest", "--only", "db:calls"]);
+    assert!(restored.contains("database calls in database server cc"), "{restored}");
+    assert_eq!(server.checksums(&watermark), before, "rows differ after the restore by the k8s image");
+    let _ = std::fs::remove_dir_all(&work);
+    server.cleanup();
 }
