@@ -59,7 +59,7 @@ pub async fn run(dir: &Path) -> Result<(), Error> {
 
     println!("5. verifying every pack of the repository");
     let repo = crate::open_repository(&config)?;
-    let report = tokio::task::spawn_blocking(move || crate::verify::verify(&repo, None, true)).await.expect("verify thread")?;
+    let report = tokio::task::spawn_blocking(move || crate::verify::verify(&repo, None, crate::verify::ReadData::All)).await.expect("verify thread")?;
     if !report.ok() {
         return Err(Error::Usage(format!("verify found damage: {:?}", report.broken)));
     }

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use stackvault::config::Config;
 use stackvault::repo::crypt::{self, Identities};
 use stackvault::restore::RestoreOptions;
+use stackvault::verify::ReadData;
 use stackvault::runner::lock::{LockError, RunLock};
 use stackvault::runner::{Outcome, Runner};
 
@@ -105,9 +106,14 @@ enum Command {
     },
     /// Check that every snapshot's objects are present and intact
     Verify {
-        /// Also read every referenced pack and check its hash (and, with --identity, every blob)
+        /// Also read referenced packs back and check their hashes (and, with --identity, every blob):
+        /// all of them, or N% of them, a share that rotates from run to run so that every pack is
+        /// read within 100/N runs
+        #[arg(long, value_name = "N%", num_args = 0..=1, require_equals = true, default_missing_value = "100%", value_parser = parse_percent)]
+        read_data: Option<u32>,
+        /// Print JSON: per snapshot its status, objects, bytes, earliest lock expiry and problems
         #[arg(long)]
-        read_data: bool,
+        json: bool,
         /// age identity file, to check inside encrypted packs and trees
         #[arg(long, env = "STACKVAULT_IDENTITY")]
         identity: Option<PathBuf>,
@@ -414,11 +420,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(from) => println!("repository {} moved from format version {from} to {}", repo.config.id, repo.config.version),
             }
         }
-        Command::Verify { read_data, identity } => {
+        Command::Verify { read_data, json, identity } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
-            let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read_data)).await??;
+            let turns = stackvault::verify::SampleTurn::at(&config.cache_dir().join(&repo.config.id));
+            let read = match read_data {
+                None => ReadData::None,
+                Some(100) => ReadData::All,
+                Some(percent) => ReadData::Sample { percent, turn: turns.current() },
+            };
+            let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read)).await??;
+            if let ReadData::Sample { .. } = read {
+                if let Err(e) = turns.advance() {
+                    eprintln!("warning: cannot note the sample's turn in {}: {e}; the next run reads the same share", config.cache_dir().display());
+                }
+            }
+            if json {
+                let rfc3339 = |t: &std::time::SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
+                let snapshots: Vec<serde_json::Value> = report
+                    .snapshots
+                    .iter()
+                    .map(|id| {
+                        let (objects, bytes) = report.objects.get(id).copied().unwrap_or_default();
+                        let problems = report.broken.get(id).cloned().unwrap_or_default();
+                        serde_json::json!({
+                            "id": id.hex(),
+                            "status": if problems.is_empty() { "ok" } else { "broken" },
+                            "objects": objects,
+                            "bytes": bytes,
+                            "locked_until": report.locked_until.get(id).map(rfc3339),
+                            "problems": problems,
+                        })
+                    })
+                    .collect();
+                let whole = serde_json::json!({ "snapshots": snapshots, "unreadable": report.unreadable, "notes": report.notes, "packs_read": report.packs_read, "ok": report.ok() });
+                println!("{}", serde_json::to_string_pretty(&whole)?);
+                return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             for id in &report.snapshots {
                 let locked = report.locked_until.get(id).map(|t| format!(" (locked until {})", humantime::format_rfc3339_seconds(*t))).unwrap_or_default();
                 match report.broken.get(id) {
@@ -437,7 +476,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for note in &report.notes {
                 println!("note: {note}");
             }
-            let checked = if read_data { format!(", {} packs read", report.packs_read) } else { String::new() };
+            let checked = match read {
+                ReadData::None => String::new(),
+                ReadData::All => format!(", {} packs read", report.packs_read),
+                ReadData::Sample { percent, turn } => format!(", {} packs read ({percent}%: share {} of {})", report.packs_read, turn % u64::from(100u32.div_ceil(percent)) + 1, 100u32.div_ceil(percent)),
+            };
             println!("{} snapshots checked{checked}", report.snapshots.len());
             if !report.ok() {
                 let broken: Vec<String> = report.broken.keys().map(|id| id.hex()).collect();
@@ -755,6 +798,15 @@ fn print_dry_run(dry: &stackvault::backup::DryRun) {
             bytes(scan.unchanged_bytes)
         );
         print_excluded(&scan.excluded);
+    }
+}
+
+/// `--read-data=N%`: a whole percentage, 1 to 100.
+fn parse_percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<u32>() {
+        Ok(n @ 1..=100) => Ok(n),
+        _ => Err(format!("{text:?} is not a percentage from 1% to 100%")),
     }
 }
 

@@ -2,7 +2,9 @@
 //! and (where trees can be read) that each snapshot follows every rule a restore enforces, so that a
 //! snapshot that verifies is one that restores; with `read_data`, that every referenced pack still
 //! hashes to its name and, where it can be decrypted, that every blob in it decompresses to its id and
-//! length. Problems are attributed to every snapshot they break.
+//! length. Problems are attributed to every snapshot they break. A sample of the data (`N %`) is a
+//! deterministic share of the packs that rotates from run to run, so that every pack is read within
+//! `100 / N` runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
@@ -13,6 +15,53 @@ use crate::repo::tree::{check_snapshot, SnapshotWalk, Step};
 use crate::repo::{Id, Index, RepoError, Repository, Snapshots};
 use crate::storage::{Key, ObjectInfo, ObjectKind};
 
+/// How much of the stored data a verify reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadData {
+    None,
+    All,
+    /// `percent` of the packs: those of share `turn` (mod the number of shares, `ceil(100 / percent)`).
+    Sample { percent: u32, turn: u64 },
+}
+
+impl ReadData {
+    /// Whether this run reads `pack`: packs are named by their content's hash, so the shares are even.
+    fn reads(self, pack: &Id) -> bool {
+        match self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Sample { percent, turn } => {
+                let shares = u64::from(100u32.div_ceil(percent.clamp(1, 100)));
+                u64::from_le_bytes(pack.0[..8].try_into().expect("8 bytes")) % shares == turn % shares
+            }
+        }
+    }
+}
+
+/// Which share of the packs the next sampled verify reads, kept beside the files cache; a lost
+/// count starts again at the first share (a pack is then read at most one rotation late).
+pub struct SampleTurn {
+    file: std::path::PathBuf,
+}
+
+impl SampleTurn {
+    pub fn at(dir: &std::path::Path) -> SampleTurn {
+        SampleTurn { file: dir.join("verify-turn") }
+    }
+
+    pub fn current(&self) -> u64 {
+        std::fs::read_to_string(&self.file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// After a sampled verify that read its share.
+    pub fn advance(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.file, format!("{}\n", self.current() + 1))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     /// Every snapshot checked, oldest first.
@@ -22,6 +71,8 @@ pub struct VerifyReport {
     /// Objects under `snapshots/` or `index/` that cannot be used, with why.
     pub unreadable: Vec<String>,
     pub packs_read: usize,
+    /// Packs and their bytes each snapshot references.
+    pub objects: BTreeMap<Id, (usize, u64)>,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
     pub walked_trees: bool,
     /// Per snapshot, where the target locks objects: the earliest date until which the manifest and
@@ -36,7 +87,7 @@ impl VerifyReport {
     }
 }
 
-pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: bool) -> Result<VerifyReport, RepoError> {
+pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: ReadData) -> Result<VerifyReport, RepoError> {
     let index = repo.load_index()?;
     let Snapshots { valid: snapshots, unreadable } = repo.snapshots()?;
     let packs_stored = repo.storage.list(ObjectKind::Pack)?;
@@ -59,6 +110,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
             }
         };
         referenced.extend(&snapshot.packs);
+        let bytes = snapshot.packs.iter().filter_map(|p| known_sizes.get(p)).sum();
+        report.objects.insert(*id, (snapshot.packs.len(), bytes));
         if let Some(locks) = &locks {
             let (earliest, problems) = locks.check(id, &snapshot.packs, repo.storage.holds_legally());
             report.locked_until.extend(earliest.map(|t| (*id, t)));
@@ -82,9 +135,9 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: boo
         }
     }
 
-    if read_data {
+    if read_data != ReadData::None {
         for pack in referenced {
-            if pack_problems.contains_key(&pack) {
+            if pack_problems.contains_key(&pack) || !read_data.reads(&pack) {
                 continue;
             }
             // One index object at a time, not the whole index: memory stays that of one pack's.
@@ -236,5 +289,26 @@ impl Locks {
             }
         }
         (Some(earliest), problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_reads_every_pack_once_per_rotation_in_even_shares() {
+        let packs: Vec<Id> = (0..2000u32).map(|i| Id(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+        for percent in [10, 25, 30, 100] {
+            let shares = 100u32.div_ceil(percent) as u64;
+            let mut reads = vec![0; packs.len()];
+            for turn in 7..7 + shares {
+                let sample = ReadData::Sample { percent, turn };
+                let read = packs.iter().enumerate().filter(|(_, p)| sample.reads(p)).inspect(|(i, _)| reads[*i] += 1).count();
+                let even = packs.len() as f64 / shares as f64;
+                assert!((read as f64 - even).abs() < even * 0.2 + 5.0, "{percent}%: turn {turn} read {read} of {}", packs.len());
+            }
+            assert!(reads.iter().all(|&n| n == 1), "{percent}%: a pack read other than once per rotation");
+        }
     }
 }

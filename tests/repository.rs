@@ -118,6 +118,28 @@ fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks()
         }
     }
     ok(stackvault(&config).args(["verify", "--read-data"]));
+
+    // A third of the data per run, rotating: three runs read every pack once, and the one that
+    // reads the damaged pack names the snapshots it breaks.
+    let packs = files(&repo.join("packs"));
+    flip_byte(&packs[0], 100);
+    let (mut read, mut failed) = (0, Vec::new());
+    for run_number in 0..3 {
+        let out = run(stackvault(&config).args(["verify", "--read-data=34%", "--json"]));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["ok"].as_bool().unwrap(), out.status.success());
+        read += report["packs_read"].as_u64().unwrap();
+        for s in report["snapshots"].as_array().unwrap() {
+            assert!(s["objects"].as_u64().unwrap() > 0 && s["bytes"].as_u64().unwrap() > 0, "{s}");
+            if s["status"] == "broken" {
+                failed.push((run_number, s["id"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    assert_eq!(read, packs.len() as u64, "three runs of 34% read every pack once");
+    let pack_id = packs[0].file_name().unwrap().to_str().unwrap();
+    let users: Vec<String> = snapshots.as_array().unwrap().iter().filter(|s| s["snapshot"]["packs"].as_array().unwrap().iter().any(|p| p == pack_id)).map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    assert!(failed.iter().all(|(n, _)| *n == failed[0].0) && failed.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>() == users, "one run names the snapshots using the damaged pack: {failed:?} vs {users:?}");
     std::fs::remove_dir_all(&work).unwrap();
 }
 
