@@ -16,6 +16,7 @@ pub mod restore;
 pub mod runner;
 pub mod source;
 pub mod stack;
+pub mod stats;
 pub mod storage;
 pub mod verify;
 

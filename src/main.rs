@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the repository holds and costs: per stack its snapshots, sources, growth per night and
+    /// lock; stored bytes and the deduplication ratio
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a snapshot: volumes and bind mounts through Docker, databases into their running
     /// servers, paths in place
     Restore {
@@ -245,6 +251,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
             println!("created repository {} at {} ({encryption})", repo.config.id, repo.storage.location());
+        }
+        Command::Stats { json } => {
+            let config = Config::load(config_path)?;
+            let repo = stackvault::open_repository(&config)?;
+            let stats = tokio::task::spawn_blocking(move || stackvault::stats::stats(&repo)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{} stored for {} of snapshots: deduplication {:.1}x", bytes(stats.stored_bytes), bytes(stats.logical_bytes), stats.dedup_ratio);
+            for (name, stack) in &stats.stacks {
+                let locked = stack.locked_until.as_ref().map(|t| format!("; its data is locked until {t}")).unwrap_or_default();
+                println!("stack {name}: {} snapshots, the latest {}{locked}", stack.snapshots, stack.latest);
+                for (source, size) in &stack.sources {
+                    println!("  {source}: {}", bytes(*size));
+                }
+                let recent = &stack.nights[stack.nights.len().saturating_sub(7)..];
+                let average = recent.iter().map(|(_, b)| b).sum::<u64>() / recent.len().max(1) as u64;
+                let shown: Vec<String> = recent.iter().map(|(time, added)| format!("{} +{}", time.get(..10).unwrap_or(time), bytes(*added))).collect();
+                println!("  growth, the last {} runs (new packs): {}; {} a run on average", recent.len(), shown.join(", "), bytes(average));
+            }
         }
         Command::Check { json } => {
             let config = Config::load(config_path)?;

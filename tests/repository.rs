@@ -216,3 +216,32 @@ fn an_xattr_set_on_an_otherwise_unchanged_file_reaches_the_next_snapshot() {
     assert_eq!(xattr::get(&restored, "user.tag").unwrap(), Some(b"second".to_vec()), "the unchanged run kept the cached xattr");
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[test]
+fn stats_tell_what_is_stored_what_each_night_added_and_what_deduplication_saves() {
+    let work = scratch("stats");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_fixture(&data, 20, 100);
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("stack: calls\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    std::fs::write(data.join("new-call.wav"), vec![7u8; 1 << 20]).unwrap();
+    ok(stackvault(&config).arg("backup"));
+    let stats: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["stats", "--json"]))).unwrap();
+    let on_disk: u64 = files(&repo.join("packs")).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(stats["stored_bytes"].as_u64().unwrap(), on_disk, "{stats}");
+    let stack = &stats["stacks"]["calls"];
+    assert_eq!(stack["snapshots"], 2);
+    let nights: Vec<u64> = stack["nights"].as_array().unwrap().iter().map(|n| n[1].as_u64().unwrap()).collect();
+    assert_eq!(nights.iter().sum::<u64>(), on_disk, "each pack counted on the night it first appeared: {stats}");
+    assert!(nights[1] > 0 && nights[1] < nights[0] / 4, "the second night added only what changed: {nights:?}");
+    assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.5, "two near-identical snapshots deduplicate: {stats}");
+    let source = format!("path {}", data.display());
+    assert!(stack["sources"][&source].as_u64().unwrap() > 20 << 20, "{stats}");
+    assert!(stack["locked_until"].is_null(), "a share locks nothing: {stats}");
+    let shown = ok(stackvault(&config).arg("stats"));
+    assert!(shown.contains("stack calls: 2 snapshots") && shown.contains("deduplication"), "{shown}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
