@@ -120,6 +120,9 @@ enum Command {
         /// Print JSON: per snapshot its status, objects, bytes, earliest lock expiry and problems
         #[arg(long)]
         json: bool,
+        /// Also write a self-contained HTML audit report (what was checked, when, the evidence) to FILE
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         /// age identity file, to check inside encrypted packs and trees
         #[arg(long, env = "STACKVAULT_IDENTITY")]
         identity: Option<PathBuf>,
@@ -447,7 +450,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(from) => println!("repository {} moved from format version {from} to {}", repo.config.id, repo.config.version),
             }
         }
-        Command::Verify { read_data, json, identity } => {
+        Command::Verify { read_data, json, report: audit, identity } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
@@ -457,7 +460,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(100) => ReadData::All,
                 Some(percent) => ReadData::Sample { percent, turn: turns.current() },
             };
+            let context = stackvault::verify::AuditContext {
+                repository: repo.config.id.clone(),
+                location: repo.storage.location(),
+                format_version: repo.config.version,
+                encrypted: repo.config.encryption.is_some(),
+                read_data: read,
+                checked_at: stackvault::now_rfc3339(),
+                program: stackvault::program(),
+            };
             let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read)).await??;
+            if let Some(path) = &audit {
+                std::fs::write(path, stackvault::verify::html_report(&report, &context)).with_context(|| format!("writing the audit report to {}", path.display()))?;
+            }
             if let ReadData::Sample { .. } = read {
                 if let Err(e) = turns.advance() {
                     eprintln!("warning: cannot note the sample's turn in {}: {e}; the next run reads the same share", config.cache_dir().display());

@@ -73,6 +73,8 @@ pub struct VerifyReport {
     pub packs_read: usize,
     /// Packs and their bytes each snapshot references.
     pub objects: BTreeMap<Id, (usize, u64)>,
+    /// Each snapshot's stack and time.
+    pub described: BTreeMap<Id, (String, String)>,
     /// Whether trees were walked down to every data blob (needs the identity on an encrypted repository).
     pub walked_trees: bool,
     /// Per snapshot, where the target locks objects: the earliest date until which the manifest and
@@ -101,7 +103,8 @@ pub fn verify(repo: &Repository, identities: Option<&Identities>, read_data: Rea
     // list hundreds of thousands of packs), here and below.
     let mut pack_problems: HashMap<Id, String> = HashMap::new();
     let mut referenced: BTreeSet<Id> = BTreeSet::new();
-    for (id, _) in &snapshots {
+    for (id, listed) in &snapshots {
+        report.described.insert(*id, (listed.stack.clone(), listed.time.clone()));
         let snapshot = match repo.snapshot(id) {
             Ok(snapshot) => snapshot,
             Err(e) => {
@@ -290,6 +293,71 @@ impl Locks {
         }
         (Some(earliest), problems)
     }
+}
+
+/// What an audit report says it checked, besides the report itself.
+pub struct AuditContext {
+    pub repository: String,
+    pub location: String,
+    pub format_version: u32,
+    pub encrypted: bool,
+    pub read_data: ReadData,
+    pub checked_at: String,
+    pub program: String,
+}
+
+/// A self-contained HTML page (no scripts, no outside resources) an auditor can open: what was
+/// checked, when, by what, and per snapshot the evidence.
+pub fn html_report(report: &VerifyReport, context: &AuditContext) -> String {
+    let e = html_escape;
+    let read = match context.read_data {
+        ReadData::None => "not read back (presence and sizes only)".to_string(),
+        ReadData::All => format!("every referenced pack read back and hashed ({} packs)", report.packs_read),
+        ReadData::Sample { percent, .. } => format!("a rotating {percent}% sample read back and hashed ({} packs; every pack within {} runs)", report.packs_read, 100u32.div_ceil(percent)),
+    };
+    let trees = if report.walked_trees { "every tree walked to every data blob, with every rule a restore applies" } else { "root trees only (encrypted: no identity given)" };
+    let verdict = if report.ok() { "<p class=ok>All snapshots verified.</p>".to_string() } else { format!("<p class=bad>{} broken snapshots, {} unreadable objects.</p>", report.broken.len(), report.unreadable.len()) };
+    let mut rows = String::new();
+    for id in &report.snapshots {
+        let (stack, time) = report.described.get(id).cloned().unwrap_or_default();
+        let (objects, bytes) = report.objects.get(id).copied().unwrap_or_default();
+        let locked = report.locked_until.get(id).map(|t| humantime::format_rfc3339_seconds(*t).to_string()).unwrap_or_else(|| "not locked".into());
+        let problems = report.broken.get(id).map(|p| p.iter().map(|p| format!("<li>{}</li>", e(p))).collect::<String>()).unwrap_or_default();
+        let status = if problems.is_empty() { "<td class=ok>ok</td>" } else { "<td class=bad>BROKEN</td>" };
+        rows.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td>{status}<td>{objects}</td><td>{bytes}</td><td>{}</td><td><ul>{problems}</ul></td></tr>\n",
+            id.hex(),
+            e(&stack),
+            e(&time),
+            e(&locked)
+        ));
+    }
+    let list = |items: &[String]| items.iter().map(|i| format!("<li>{}</li>", e(i))).collect::<String>();
+    format!(
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>stackvault verification {checked}</title>\n\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em;vertical-align:top}}\
+.ok{{color:#060}}.bad{{color:#b00;font-weight:bold}}code{{font-size:.85em}}</style></head><body>\n\
+<h1>Backup verification report</h1>\n{verdict}\n<table>\n\
+<tr><th>repository</th><td><code>{repo}</code> at {location}</td></tr>\n<tr><th>format version</th><td>{version}</td></tr>\n\
+<tr><th>encryption</th><td>{encryption}</td></tr>\n<tr><th>checked</th><td>{checked} by {program}</td></tr>\n\
+<tr><th>structure</th><td>every referenced pack present with the size its index records; {trees}</td></tr>\n\
+<tr><th>data</th><td>{read}</td></tr>\n<tr><th>immutability</th><td>each snapshot's manifest, packs and index objects locked at least as long as the manifest, legal holds where configured</td></tr>\n\
+</table>\n<h2>Snapshots ({count})</h2>\n<table>\n<tr><th>id</th><th>stack</th><th>time</th><th>status</th><th>objects</th><th>bytes</th><th>locked until</th><th>problems</th></tr>\n{rows}</table>\n\
+<h2>Unreadable objects</h2><ul>{unreadable}</ul>\n<h2>Notes</h2><ul>{notes}</ul>\n</body></html>\n",
+        checked = e(&context.checked_at),
+        repo = e(&context.repository),
+        location = e(&context.location),
+        version = context.format_version,
+        encryption = if context.encrypted { "age, to the configured recipients" } else { "none" },
+        program = e(&context.program),
+        count = report.snapshots.len(),
+        unreadable = list(&report.unreadable),
+        notes = list(&report.notes),
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -140,6 +140,18 @@ fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks()
     let pack_id = packs[0].file_name().unwrap().to_str().unwrap();
     let users: Vec<String> = snapshots.as_array().unwrap().iter().filter(|s| s["snapshot"]["packs"].as_array().unwrap().iter().any(|p| p == pack_id)).map(|s| s["id"].as_str().unwrap().to_string()).collect();
     assert!(failed.iter().all(|(n, _)| *n == failed[0].0) && failed.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>() == users, "one run names the snapshots using the damaged pack: {failed:?} vs {users:?}");
+
+    // The audit report an auditor opens: self-contained, naming each snapshot and its evidence.
+    let page = work.join("audit.html");
+    let out = run(stackvault(&config).args(["verify", "--read-data", "--report"]).arg(&page));
+    assert!(!out.status.success());
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("broken snapshots") && !html.contains("<script") && !html.contains("http"), "{html}");
+    for s in snapshots.as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        let status = if users.iter().any(|u| u == id) { "BROKEN" } else { "ok" };
+        assert!(html.contains(&format!("<code>{id}</code></td><td>flip</td>")) && html.split(id).nth(1).unwrap().split("</tr>").next().unwrap().contains(&format!(">{status}</td>")), "{id} {status}: {html}");
+    }
     std::fs::remove_dir_all(&work).unwrap();
 }
 
