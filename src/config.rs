@@ -89,6 +89,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// When the daemon verifies the repository, and how much data it reads back.
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -164,6 +167,52 @@ impl TryFrom<DatabaseEntry> for DatabaseConfig {
         let DatabaseEntry { name, host, port, user, password_file, password_env, databases, .. } = entry;
         Ok(DatabaseConfig { name, engine, host, port, user, password_file, password_env, databases })
     }
+}
+
+/// The daemon's own verification runs (README, "The nightly runner"); off unless `schedule.cron` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// The share of the packs each run reads back (`10%`, rotating: every pack within 10 runs); default 10%.
+    #[serde(default, deserialize_with = "percent")]
+    pub read_data: Option<u32>,
+}
+
+impl VerifyConfig {
+    /// The schedule, where one is set.
+    pub fn schedule(&self) -> Option<Result<Schedule, String>> {
+        let schedule = self.schedule.as_ref()?;
+        schedule.cron.as_ref()?;
+        Some(schedule.schedule())
+    }
+
+    pub fn read_data(&self) -> u32 {
+        self.read_data.unwrap_or(10)
+    }
+}
+
+/// A whole percentage, 1 to 100, written `10%` or `10`.
+pub fn parse_percent(text: &str) -> Result<u32, String> {
+    match text.trim().trim_end_matches('%').parse::<u32>() {
+        Ok(n @ 1..=100) => Ok(n),
+        _ => Err(format!("{text:?} is not a percentage from 1% to 100%")),
+    }
+}
+
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(u32),
+        Text(String),
+    }
+    let text = match Written::deserialize(d)? {
+        Written::Number(n) => n.to_string(),
+        Written::Text(t) => t,
+    };
+    parse_percent(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -797,6 +846,18 @@ mod tests {
         }
         let err = Config::parse(&format!("stack: a\ndatabases:\n{entry}{entry}"), "s.yaml").unwrap_err().to_string();
         assert_eq!(err, "s.yaml: databases[1]: name \"cc\" is used twice");
+    }
+
+    #[test]
+    fn the_verify_schedule_is_off_unless_set_and_its_share_is_a_percentage() {
+        assert!(Config::parse("stack: a\n", "s.yaml").unwrap().verify.schedule().is_none());
+        let config = Config::parse("stack: a\nverify:\n  schedule:\n    cron: \"0 5 * * 0\"\n  read_data: 25%\n", "s.yaml").unwrap();
+        assert!(matches!(config.verify.schedule(), Some(Ok(_))));
+        assert_eq!(config.verify.read_data(), 25);
+        for bad in ["0%", "101", "ten"] {
+            let err = Config::parse(&format!("stack: a\nverify:\n  read_data: {bad}\n"), "s.yaml").unwrap_err().to_string();
+            assert!(err.starts_with("s.yaml:3:") && err.contains("is not a percentage"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -115,7 +115,7 @@ enum Command {
         /// Also read referenced packs back and check their hashes (and, with --identity, every blob):
         /// all of them, or N% of them, a share that rotates from run to run so that every pack is
         /// read within 100/N runs
-        #[arg(long, value_name = "N%", num_args = 0..=1, require_equals = true, default_missing_value = "100%", value_parser = parse_percent)]
+        #[arg(long, value_name = "N%", num_args = 0..=1, require_equals = true, default_missing_value = "100%", value_parser = stackvault::config::parse_percent)]
         read_data: Option<u32>,
         /// Print JSON: per snapshot its status, objects, bytes, earliest lock expiry and problems
         #[arg(long)]
@@ -840,15 +840,6 @@ fn print_dry_run(dry: &stackvault::backup::DryRun) {
             bytes(scan.unchanged_bytes)
         );
         print_excluded(&scan.excluded);
-    }
-}
-
-/// `--read-data=N%`: a whole percentage, 1 to 100.
-fn parse_percent(text: &str) -> Result<u32, String> {
-    let number = text.trim().trim_end_matches('%');
-    match number.parse::<u32>() {
-        Ok(n @ 1..=100) => Ok(n),
-        _ => Err(format!("{text:?} is not a percentage from 1% to 100%")),
     }
 }
 

@@ -208,6 +208,42 @@ fn the_daemon_on_a_five_second_schedule_is_healthy_and_counts_its_runs() {
 }
 
 #[test]
+fn the_daemon_verifies_on_its_own_schedule_and_alerts_a_broken_snapshot() {
+    let work = scratch("verify-daemon");
+    let data = small_data(&work);
+    let repo = work.join("repo");
+    let port = free_port();
+    let hooks = Receiver::start();
+    let config = paths_config(
+        &work,
+        &data,
+        &repo,
+        &format!(
+            "schedule:\n  cron: \"{}\"\nverify:\n  schedule:\n    cron: \"*/3 * * * * *\"\n  read_data: 100%\nlisten: 127.0.0.1:{port}\nalerts:\n  webhooks:\n    - url: {}\n",
+            cron_in(3600),
+            hooks.url()
+        ),
+    );
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    let _daemon = Daemon::start(&config, &work.join("daemon.log"));
+    let clean = |samples: &[serde_json::Value]| Some((sample(samples, "stackvault_verify_last_timestamp_seconds", &[])? > 1.7e9, sample(samples, "stackvault_verify_broken_snapshots", &[])?));
+    wait_for("a clean verification", Duration::from_secs(20), || (clean(&metrics(port))? == (true, 0.0)).then_some(()));
+    assert!(hooks.kinds().is_empty(), "a clean verification alerted: {:?}", hooks.kinds());
+
+    // A bit flips in a pack: the next verification reads it back and says so.
+    let pack = files(&repo.join("packs")).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[100] ^= 1;
+    std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&pack, bytes).unwrap();
+    wait_for("a verification that finds the damage", Duration::from_secs(20), || (clean(&metrics(port))?.1 == 1.0).then_some(()));
+    let alert = wait_for("its failure alert", Duration::from_secs(10), || hooks.bodies.lock().unwrap().iter().find(|b| b["kind"] == "failure").cloned());
+    assert!(alert["summary"].as_str().unwrap().contains("verification found 1 broken"), "{alert}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+#[test]
 fn a_share_that_goes_away_gets_the_night_staged_then_uploaded_or_reported_lost() {
     let work = scratch("staging");
     let data = small_data(&work);

@@ -1,5 +1,5 @@
 //! `stackvault daemon`: backups on the schedule, pending snapshots retried every `retry.interval`,
-//! health and metrics on `listen`. SIGTERM or SIGINT abandons a run cleanly (helpers removed, stopped
+//! verification on `verify.schedule`, health and metrics on `listen`. SIGTERM or SIGINT abandons a run cleanly (helpers removed, stopped
 //! containers started, no manifest written, the staging leftovers removed by the next run) and
 //! exits 0.
 
@@ -30,6 +30,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let next_run = |after: SystemTime| schedule.next_after(after).map(|t| t + random_below(jitter));
     let mut next = next_run(SystemTime::now());
     let mut next_retry = SystemTime::now() + config.retry.interval();
+    let verify_schedule = config.verify.schedule().transpose().map_err(|e| Error::Usage(format!("verify.schedule in {}: {e}", config.origin)))?;
+    let next_verify_after = |after: SystemTime| verify_schedule.as_ref().and_then(|s| s.next_after(after));
+    let mut next_verify = next_verify_after(SystemTime::now());
     let figures = serde_json::json!({
         "schedule": schedule.describe(),
         "next_run": next.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
@@ -38,7 +41,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     runner.log.event(Level::Info, "", "daemon.start", "waiting for the next scheduled run", figures);
     loop {
         let now = SystemTime::now();
-        let wake = next.map_or(next_retry, |n| n.min(next_retry));
+        let wake = [next, next_verify].into_iter().flatten().fold(next_retry, SystemTime::min);
         let nap = wake.duration_since(now).unwrap_or_default().min(CLOCK_CHECK);
         let signalled = tokio::select! {
             _ = tokio::time::sleep(nap) => None,
@@ -51,7 +54,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         let now = SystemTime::now();
         let scheduled = next.is_some_and(|n| n <= now);
-        if !scheduled && next_retry > now {
+        // A backup due at the same time goes first; the verification then sees its snapshot.
+        let verifying = !scheduled && next_verify.is_some_and(|n| n <= now);
+        if !scheduled && !verifying && next_retry > now {
             continue;
         }
         let id = run_id();
@@ -62,6 +67,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             };
             if scheduled {
                 let _ = runner.run(&id).await;
+            } else if verifying {
+                let _ = runner.verify(&id).await;
             } else {
                 runner.retry_pending(&id).await;
             }
@@ -81,7 +88,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let next_shown = next.map(|t| humantime::format_rfc3339_seconds(t).to_string());
             runner.log.event(Level::Info, &id, "daemon.next", "next scheduled run", serde_json::json!({"next_run": next_shown}));
         }
-        next_retry = SystemTime::now() + config.retry.interval();
+        if verifying {
+            next_verify = next_verify_after(SystemTime::now());
+        }
+        if !verifying {
+            next_retry = SystemTime::now() + config.retry.interval();
+        }
     }
     if let Some(server) = server {
         server.abort();

@@ -12,6 +12,8 @@
 //! - `stackvault_pending_snapshots`, `stackvault_pending_oldest_age_seconds`,
 //!   `stackvault_staging_bytes`, `stackvault_lost_snapshots` (gauges)
 //! - `stackvault_healthy` (gauge, 1 or 0: the health rule at scrape time)
+//! - `stackvault_verify_last_timestamp_seconds`, `stackvault_verify_broken_snapshots` (gauges: the
+//!   daemon's last verification run and the snapshots it found broken; no sample before the first)
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -73,6 +75,8 @@ struct State {
     pending_oldest_since: Option<SystemTime>,
     staging_bytes: u64,
     lost: u64,
+    /// The last verification: when it ended, and how many snapshots (and unreadable objects) it found broken.
+    verified: Option<(SystemTime, u64)>,
 }
 
 impl Metrics {
@@ -107,6 +111,10 @@ impl Metrics {
     pub fn set_last_success(&self, at: SystemTime) {
         let mut state = self.state();
         state.last_success = later(state.last_success, at);
+    }
+
+    pub fn record_verify(&self, finished: SystemTime, broken: u64) {
+        self.state().verified = Some((finished, broken));
     }
 
     pub fn set_pending(&self, pending: Pending) {
@@ -192,6 +200,10 @@ impl Metrics {
             "1 while the last success is no older than the schedule's period plus health.grace, else 0.",
             &[("", u8::from(healthy).to_string())],
         );
+        let verified: Vec<(&str, String)> = state.verified.iter().map(|(at, _)| ("", timestamp(Some(*at)))).collect();
+        family("stackvault_verify_last_timestamp_seconds", "gauge", "Unix time the daemon's last verification run ended.", &verified);
+        let broken: Vec<(&str, String)> = state.verified.iter().map(|(_, n)| ("", n.to_string())).collect();
+        family("stackvault_verify_broken_snapshots", "gauge", "Snapshots (and unreadable objects) the last verification run found broken.", &broken);
         out
     }
 

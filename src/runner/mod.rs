@@ -339,6 +339,55 @@ impl Runner {
         });
     }
 
+    /// The daemon's verification run, under the lock the caller holds: a rotating share of the data
+    /// read back (`verify.read_data`), every snapshot's structure and locks; broken snapshots are
+    /// alerted as a failure and counted in the metrics.
+    pub async fn verify(&self, run_id: &str) -> Result<crate::verify::VerifyReport, Error> {
+        let config = self.config.clone();
+        let percent = config.verify.read_data();
+        self.log.event(Level::Info, run_id, "verify.start", "verification started", serde_json::json!({"read_data_percent": percent}));
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || -> Result<crate::verify::VerifyReport, Error> {
+            let repo = crate::open_repository(&config)?;
+            let turns = crate::verify::SampleTurn::at(&config.cache_dir().join(&repo.config.id));
+            let read = match percent {
+                100 => crate::verify::ReadData::All,
+                percent => crate::verify::ReadData::Sample { percent, turn: turns.current() },
+            };
+            let report = crate::verify::verify(&repo, None, read)?;
+            // A turn not noted is read again next time: no pack goes unread.
+            let _ = turns.advance();
+            Ok(report)
+        })
+        .await
+        .expect("verify thread panicked");
+        let figures = |report: &crate::verify::VerifyReport| {
+            serde_json::json!({"snapshots": report.snapshots.len(), "broken": report.broken.len(), "unreadable": report.unreadable.len(), "packs_read": report.packs_read, "duration_seconds": seconds(started.elapsed())})
+        };
+        match &result {
+            Ok(report) => {
+                let broken = (report.broken.len() + report.unreadable.len()) as u64;
+                self.metrics.record_verify(SystemTime::now(), broken);
+                if report.ok() {
+                    self.log.event(Level::Info, run_id, "verify.success", "every snapshot verified", figures(report));
+                } else {
+                    let mut problems: Vec<String> = report.broken.iter().map(|(id, p)| format!("snapshot {id}: {}", p.join("; "))).collect();
+                    problems.extend(report.unreadable.iter().cloned());
+                    let summary = format!("verification found {broken} broken snapshots or unreadable objects");
+                    let mut details = figures(report);
+                    details["problems"] = serde_json::json!(problems);
+                    self.log.event(Level::Error, run_id, "verify.failure", &summary, details.clone());
+                    self.alert(AlertKind::Failure, run_id, None, summary, details);
+                }
+            }
+            Err(e) => {
+                self.log.event(Level::Error, run_id, "verify.failure", &format!("verification could not run: {e}"), serde_json::json!({}));
+                self.alert(AlertKind::Failure, run_id, None, format!("verification could not run: {e}"), serde_json::json!({"error": e.to_string()}));
+            }
+        }
+        result
+    }
+
     /// Waits for alerts still being delivered, at most `timeout`.
     pub async fn flush_alerts(&self, timeout: Duration) {
         self.alerter.flush(timeout).await;
