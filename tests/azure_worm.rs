@@ -157,6 +157,14 @@ fn older_objects_a_new_snapshot_references_are_locked_as_long_as_it_and_verify_n
     }
     let verified = ok(sv(&config).arg("verify"));
     assert!(!verified.contains("BROKEN") && verified.contains("locked until"), "{verified}");
+    // stats tells until when the latest snapshot's data stays locked (its earliest pack lock), and
+    // check how objects written now would be locked.
+    let stats: serde_json::Value = serde_json::from_str(&ok(sv(&config).args(["stats", "--json"]))).unwrap();
+    let earliest = blobs.iter().filter(|b| b["name"].as_str().unwrap().starts_with("packs/")).map(|b| parse_rfc3339(b["until"].as_str().unwrap())).min().unwrap();
+    let locked = parse_rfc3339(stats["stacks"]["worm"]["locked_until"].as_str().unwrap_or_else(|| panic!("{stats}")));
+    assert!(locked.duration_since(earliest).unwrap_or_else(|e| e.duration()) < Duration::from_secs(2), "{stats}: {earliest:?}");
+    let checked = ok(sv(&config).arg("check"));
+    assert!(checked.contains("ok    immutability  objects written now are locked until") && checked.contains("legal hold") && checked.contains("check passed"), "{checked}");
 
     // One pack's lock cut short behind our back (the double's hook bypasses Azure's rule), and one
     // index object's legal hold gone: both snapshots need them, and verify says so for each.
