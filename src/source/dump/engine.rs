@@ -642,6 +642,20 @@ mod tests {
     }
 
     #[test]
+    fn a_server_over_the_network_is_reached_by_options_and_libpq_variables_never_by_spliced_text() {
+        let mut env = Vec::new();
+        let tcp = ServerAddress::Tcp { host: "db; rm -rf /".into(), port: 3307 };
+        assert_eq!(tcp.connect(DumpEngine::MariaDb, &mut env), "set -- --protocol=TCP --host=\"$SV_HOST\" --port=\"$SV_PORT\"; ");
+        assert_eq!(env, ["SV_HOST=db; rm -rf /", "SV_PORT=3307"]);
+        let mut env = Vec::new();
+        assert_eq!(ServerAddress::Socket("/run/pg/.s.PGSQL.5433".into()).connect(DumpEngine::Postgres, &mut env), "");
+        assert_eq!(env, ["PGHOST=/run/pg", "PGPORT=5433"]);
+        let mut env = Vec::new();
+        ServerAddress::Socket("/var/run/postgresql".into()).connect(DumpEngine::Postgres, &mut env);
+        assert_eq!(env, ["PGHOST=/var/run/postgresql"]);
+    }
+
+    #[test]
     fn trailer_check_allows_the_unrestrict_line_and_catches_a_cut() {
         let mut check = TrailerCheck::pg_globals();
         check.feed(b"\\restrict abc\nCREATE ROLE x;\n--\n-- PostgreSQL database cluster dump complete\n--\n\n\\unrestrict abc\n");

@@ -92,9 +92,13 @@ impl DumpTarget {
             (None, Some(name)) => Password::Env(name.clone()),
             (None, None) => Password::None,
         };
-        let address = match server.host.starts_with('/') {
-            true => ServerAddress::Socket(server.host.clone()),
-            false => ServerAddress::Tcp { host: server.host.clone(), port: server.port.unwrap_or(default_port) },
+        let address = match (server.host.starts_with('/'), server.port) {
+            // PostgreSQL names its socket after its port: a directory and a port name the socket.
+            (true, Some(port)) if engine == DumpEngine::Postgres && !server.host.contains(".s.PGSQL.") => {
+                ServerAddress::Socket(format!("{}/.s.PGSQL.{port}", server.host.trim_end_matches('/')))
+            }
+            (true, _) => ServerAddress::Socket(server.host.clone()),
+            (false, port) => ServerAddress::Tcp { host: server.host.clone(), port: port.unwrap_or(default_port) },
         };
         let login = Login { admin: user == admin_user, user: Some(user), password, server: Some(address) };
         let spec = DumpSpec { engine, databases: server.databases.clone(), command: None, restore_command: None, check_command: None, include_volumes: false, login };
