@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::craft::{self, dir_node, link_node, Craft};
 use common::*;
@@ -74,28 +73,25 @@ fn a_reader_written_from_the_specification_alone_restores_a_backup_exactly() {
     std::fs::remove_dir_all(&work).unwrap();
 }
 
-fn flip_byte(path: &Path, at: u64) {
-    let mut perms = std::fs::metadata(path).unwrap().permissions();
-    perms.set_mode(0o644);
-    std::fs::set_permissions(path, perms).unwrap();
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = (at as usize) % bytes.len();
-    bytes[at] ^= 0x01;
-    std::fs::write(path, bytes).unwrap();
+/// A repository of `data` (a fixture of `big_mib` and `small_files`) with two nights in it, the
+/// second after `change_mib` of new data: (work dir, data, repository, configuration).
+fn two_nights(prefix: &str, big_mib: u32, small_files: u32, change_mib: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let work = scratch(prefix);
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    make_fixture(&data, big_mib, small_files);
+    let repo = work.join("repo");
+    let config = write_config(&work, &format!("stack: {prefix}\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    std::fs::write(data.join("new-call.wav"), vec![7u8; change_mib << 20]).unwrap();
+    ok(stackvault(&config).arg("backup"));
+    (work, data, repo, config)
 }
 
 #[test]
 fn one_flipped_byte_in_any_pack_fails_verify_and_names_the_snapshots_it_breaks() {
-    let work = scratch("flip");
-    let data = work.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    make_fixture(&data, 40, 200);
-    let repo = work.join("repo");
-    let config = write_config(&work, &format!("stack: flip\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
-    ok(stackvault(&config).arg("init"));
-    ok(stackvault(&config).arg("backup"));
-    std::fs::write(data.join("new-call.wav"), vec![7u8; 3 << 20]).unwrap();
-    ok(stackvault(&config).arg("backup"));
+    let (work, _, repo, config) = two_nights("flip", 40, 200, 3);
     ok(stackvault(&config).args(["verify", "--read-data"]));
 
     let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
@@ -231,16 +227,7 @@ fn an_xattr_set_on_an_otherwise_unchanged_file_reaches_the_next_snapshot() {
 
 #[test]
 fn stats_tell_what_is_stored_what_each_night_added_and_what_deduplication_saves() {
-    let work = scratch("stats");
-    let data = work.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    make_fixture(&data, 20, 100);
-    let repo = work.join("repo");
-    let config = write_config(&work, &format!("stack: calls\npaths: [{}]\nrepository:\n  filesystem:\n    path: {}\n", data.display(), repo.display()));
-    ok(stackvault(&config).arg("init"));
-    ok(stackvault(&config).arg("backup"));
-    std::fs::write(data.join("new-call.wav"), vec![7u8; 1 << 20]).unwrap();
-    ok(stackvault(&config).arg("backup"));
+    let (work, data, repo, config) = two_nights("calls", 20, 100, 1);
     let stats: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["stats", "--json"]))).unwrap();
     let on_disk: u64 = files(&repo.join("packs")).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
     assert_eq!(stats["stored_bytes"].as_u64().unwrap(), on_disk, "{stats}");

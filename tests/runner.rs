@@ -232,11 +232,7 @@ fn the_daemon_verifies_on_its_own_schedule_and_alerts_a_broken_snapshot() {
     assert!(hooks.kinds().is_empty(), "a clean verification alerted: {:?}", hooks.kinds());
 
     // A bit flips in a pack: the next verification reads it back and says so.
-    let pack = files(&repo.join("packs")).remove(0);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[100] ^= 1;
-    std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(&pack, bytes).unwrap();
+    flip_byte(&files(&repo.join("packs"))[0], 100);
     wait_for("a verification that finds the damage", Duration::from_secs(20), || (clean(&metrics(port))?.1 == 1.0).then_some(()));
     let alert = wait_for("its failure alert", Duration::from_secs(10), || hooks.bodies.lock().unwrap().iter().find(|b| b["kind"] == "failure").cloned());
     assert!(alert["summary"].as_str().unwrap().contains("verification found 1 broken"), "{alert}");

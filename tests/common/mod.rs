@@ -238,3 +238,13 @@ pub fn build_images() -> &'static (String, std::time::Duration) {
         (out, started.elapsed())
     })
 }
+
+/// Flips one bit of a stored object (made writable first: the filesystem target stores them read-only).
+pub fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = (at as usize) % bytes.len();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
