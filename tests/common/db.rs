@@ -218,6 +218,13 @@ impl Server {
     }
 
     pub fn cleanup(self) {
+        drop(self);
+    }
+}
+
+/// A test that fails (panics) leaves no server, volume or scratch directory behind either.
+impl Drop for Server {
+    fn drop(&mut self) {
         let _ = Command::new("docker").args(["rm", "-f", "-v", &self.container]).output();
         let _ = Command::new("docker").args(["volume", "rm", &self.volume]).output();
         let _ = std::fs::remove_dir_all(&self.work);
