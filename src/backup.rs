@@ -448,7 +448,14 @@ pub async fn reach(config: &Config) -> Result<Reached, Error> {
 
 pub async fn dry_run(config: &Config) -> Result<DryRun, Error> {
     let repo = crate::open_repository(config)?;
-    let Reached { plan: Plan { engine, sources, skipped, .. }, actions } = reach(config).await?;
+    let reached = reach(config).await?;
+    scan(config, repo, reached).await
+}
+
+/// Walks the metadata of every source `reached` found, against `repo`'s files caches and index:
+/// what a backup would read and what it would find unchanged. Lets go of the engine at the end.
+pub async fn scan(config: &Config, repo: Repository, reached: Reached) -> Result<DryRun, Error> {
+    let Reached { plan: Plan { engine, sources, skipped, .. }, actions } = reached;
     let engine = engine.map(Arc::new);
     let handle = Handle::current();
     let config = config.clone();

@@ -38,12 +38,16 @@ pub async fn check(config: &Config) -> CheckReport {
         findings.push(Finding { part, ok, detail: result.unwrap_or_else(|e| e.to_string()) });
         ok
     };
-    let target_ok = match target(config) {
-        Ok((reached, locks)) => {
+    let repo = match target(config) {
+        Ok((repo, reached, locks)) => {
             found("target", Ok(reached));
-            found("immutability", Ok(locks))
+            found("immutability", Ok(locks));
+            Some(repo)
         }
-        Err(e) => found("target", Err(e)),
+        Err(e) => {
+            found("target", Err(e));
+            None
+        }
     };
     let mut would_take = None;
     match backup::reach(config).await {
@@ -61,15 +65,14 @@ pub async fn check(config: &Config) -> CheckReport {
                 parts.push(format!("{} paths", config.paths.len()));
             }
             found("sources", Ok(format!("reached {}", parts.join(", "))));
-            reached.finish().await;
-            // Reaching them again for the scan costs a second; it keeps dry_run the one walk.
-            if target_ok {
-                match backup::dry_run(config).await {
+            match repo {
+                Some(repo) => match backup::scan(config, repo, reached).await {
                     Ok(dry) => would_take = Some(dry),
                     Err(e) => {
                         found("scan", Err(e));
                     }
-                }
+                },
+                None => reached.finish().await,
             }
         }
         Err(e) => {
@@ -81,7 +84,7 @@ pub async fn check(config: &Config) -> CheckReport {
 
 /// Opens the repository, writes a temporary object there (dropped uncommitted: it never gets a
 /// name, and a WORM target keeps nothing of it), and says how new objects would be locked.
-fn target(config: &Config) -> Result<(String, String), Error> {
+fn target(config: &Config) -> Result<(crate::repo::Repository, String, String), Error> {
     let repo = crate::open_repository(config)?;
     let storage = repo.storage.as_ref();
     let mut notes = storage.check_writable(false)?;
@@ -102,5 +105,5 @@ fn target(config: &Config) -> Result<(String, String), Error> {
         }
     };
     let locks = [locks].into_iter().chain(notes).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
-    Ok((reached, locks))
+    Ok((repo, reached, locks))
 }

@@ -455,11 +455,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repo = stackvault::open_repository(&config)?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
             let turns = stackvault::verify::SampleTurn::at(&config.cache_dir().join(&repo.config.id));
-            let read = match read_data {
-                None => ReadData::None,
-                Some(100) => ReadData::All,
-                Some(percent) => ReadData::Sample { percent, turn: turns.current() },
-            };
+            let read = read_data.map_or(ReadData::None, |percent| turns.read_data(percent));
             let context = stackvault::verify::AuditContext {
                 repository: repo.config.id.clone(),
                 location: repo.storage.location(),
@@ -473,10 +469,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(path) = &audit {
                 std::fs::write(path, stackvault::verify::html_report(&report, &context)).with_context(|| format!("writing the audit report to {}", path.display()))?;
             }
-            if let ReadData::Sample { .. } = read {
-                if let Err(e) = turns.advance() {
-                    eprintln!("warning: cannot note the sample's turn in {}: {e}; the next run reads the same share", config.cache_dir().display());
-                }
+            if let Err(e) = turns.done(read) {
+                eprintln!("warning: cannot note the sample's turn in {}: {e}; the next run reads the same share", config.cache_dir().display());
             }
             if json {
                 let rfc3339 = |t: &std::time::SystemTime| humantime::format_rfc3339_seconds(*t).to_string();
@@ -518,10 +512,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for note in &report.notes {
                 println!("note: {note}");
             }
-            let checked = match read {
-                ReadData::None => String::new(),
-                ReadData::All => format!(", {} packs read", report.packs_read),
-                ReadData::Sample { percent, turn } => format!(", {} packs read ({percent}%: share {} of {})", report.packs_read, turn % u64::from(100u32.div_ceil(percent)) + 1, 100u32.div_ceil(percent)),
+            let checked = match (read, read.rotation()) {
+                (ReadData::None, _) => String::new(),
+                (ReadData::Sample { percent, .. }, Some((share, shares))) => format!(", {} packs read ({percent}%: share {} of {shares})", report.packs_read, share + 1),
+                _ => format!(", {} packs read", report.packs_read),
             };
             println!("{} snapshots checked{checked}", report.snapshots.len());
             if !report.ok() {

@@ -25,15 +25,19 @@ pub enum ReadData {
 }
 
 impl ReadData {
+    /// For a sample: which share this run reads (from 0) and of how many.
+    pub fn rotation(self) -> Option<(u64, u64)> {
+        let ReadData::Sample { percent, turn } = self else { return None };
+        let shares = u64::from(100u32.div_ceil(percent.clamp(1, 100)));
+        Some((turn % shares, shares))
+    }
+
     /// Whether this run reads `pack`: packs are named by their content's hash, so the shares are even.
     fn reads(self, pack: &Id) -> bool {
-        match self {
-            ReadData::None => false,
-            ReadData::All => true,
-            ReadData::Sample { percent, turn } => {
-                let shares = u64::from(100u32.div_ceil(percent.clamp(1, 100)));
-                u64::from_le_bytes(pack.0[..8].try_into().expect("8 bytes")) % shares == turn % shares
-            }
+        match (self, self.rotation()) {
+            (ReadData::None, _) => false,
+            (_, Some((share, shares))) => u64::from_le_bytes(pack.0[..8].try_into().expect("8 bytes")) % shares == share,
+            (_, None) => true,
         }
     }
 }
@@ -49,16 +53,25 @@ impl SampleTurn {
         SampleTurn { file: dir.join("verify-turn") }
     }
 
-    pub fn current(&self) -> u64 {
+    fn current(&self) -> u64 {
         std::fs::read_to_string(&self.file).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
     }
 
-    /// After a sampled verify that read its share.
-    pub fn advance(&self) -> std::io::Result<()> {
+    /// What a run reading `percent` of the data reads: all of it at 100, else this turn's share.
+    pub fn read_data(&self, percent: u32) -> ReadData {
+        match percent {
+            100.. => ReadData::All,
+            percent => ReadData::Sample { percent, turn: self.current() },
+        }
+    }
+
+    /// After a verify that read `read`: a sample moves on to the next share.
+    pub fn done(&self, read: ReadData) -> std::io::Result<()> {
+        let ReadData::Sample { turn, .. } = read else { return Ok(()) };
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&self.file, format!("{}\n", self.current() + 1))
+        std::fs::write(&self.file, format!("{}\n", turn + 1))
     }
 }
 
@@ -313,7 +326,10 @@ pub fn html_report(report: &VerifyReport, context: &AuditContext) -> String {
     let read = match context.read_data {
         ReadData::None => "not read back (presence and sizes only)".to_string(),
         ReadData::All => format!("every referenced pack read back and hashed ({} packs)", report.packs_read),
-        ReadData::Sample { percent, .. } => format!("a rotating {percent}% sample read back and hashed ({} packs; every pack within {} runs)", report.packs_read, 100u32.div_ceil(percent)),
+        ReadData::Sample { percent, .. } => {
+            let (share, shares) = context.read_data.rotation().expect("a sample rotates");
+            format!("a rotating {percent}% sample read back and hashed (share {} of {shares}: {} packs; every pack within {shares} runs)", share + 1, report.packs_read)
+        }
     };
     let trees = if report.walked_trees { "every tree walked to every data blob, with every rule a restore applies" } else { "root trees only (encrypted: no identity given)" };
     let verdict = if report.ok() { "<p class=ok>All snapshots verified.</p>".to_string() } else { format!("<p class=bad>{} broken snapshots, {} unreadable objects.</p>", report.broken.len(), report.unreadable.len()) };

@@ -350,13 +350,10 @@ impl Runner {
         let result = tokio::task::spawn_blocking(move || -> Result<crate::verify::VerifyReport, Error> {
             let repo = crate::open_repository(&config)?;
             let turns = crate::verify::SampleTurn::at(&config.cache_dir().join(&repo.config.id));
-            let read = match percent {
-                100 => crate::verify::ReadData::All,
-                percent => crate::verify::ReadData::Sample { percent, turn: turns.current() },
-            };
+            let read = turns.read_data(percent);
             let report = crate::verify::verify(&repo, None, read)?;
             // A turn not noted is read again next time: no pack goes unread.
-            let _ = turns.advance();
+            let _ = turns.done(read);
             Ok(report)
         })
         .await
