@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -55,15 +54,7 @@ impl Compose {
 
     /// Runs SQL in the database container as root, the password taken from its environment.
     fn sql(&self, statements: &str) -> String {
-        let mut child = self
-            .command(&["exec", "-T", "db", "sh", "-c", "MYSQL_PWD=\"$MARIADB_ROOT_PASSWORD\" exec mariadb -uroot -N calls"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(statements.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_input(&mut self.command(&["exec", "-T", "db", "sh", "-c", "MYSQL_PWD=\"$MARIADB_ROOT_PASSWORD\" exec mariadb -uroot -N calls"]), statements);
         assert!(out.status.success(), "SQL: {}", text(&out.stderr));
         text(&out.stdout)
     }

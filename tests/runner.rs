@@ -33,15 +33,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 /// Every sample of the daemon's /metrics, as the Prometheus client's parser reads them.
 fn metrics(port: u16) -> Vec<serde_json::Value> {
     let Some((200, body)) = get(port, "/metrics") else { return Vec::new() };
-    let mut child = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/promparse.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(Command::new("python3").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/promparse.py")), &body);
     assert!(out.status.success(), "the Prometheus parser refused /metrics: {}\n{body}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

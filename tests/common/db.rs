@@ -3,9 +3,8 @@
 //! exec, or on a network the test made, which stackvault reaches by address (`databases:`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use super::*;
@@ -125,15 +124,7 @@ impl Server {
     }
 
     pub fn try_sql(&self, database: &str, input: &str, vars: &[(&str, &str)]) -> Output {
-        let mut child = self.client(database, vars).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_string();
-        let feeder = std::thread::spawn(move || {
-            let _ = stdin.write_all(input.as_bytes());
-        });
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        out
+        run_with_input(&mut self.client(database, vars), input)
     }
 
     pub fn sql(&self, database: &str, input: &str, vars: &[(&str, &str)]) -> String {

@@ -248,3 +248,18 @@ pub fn flip_byte(path: &Path, at: u64) {
     bytes[at] ^= 0x01;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Runs `cmd` with `input` on its stdin (fed beside, so that a large output cannot stall it) and
+/// its output captured.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
