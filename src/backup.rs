@@ -208,6 +208,7 @@ pub async fn backup(config: &Config, destination: &Destination) -> Result<Backup
             _ => {
                 let mut index = repo.load_index()?;
                 index.keep_on_drop();
+                index.set_aside(&crate::repo::marks::PruneMarks::read(repo.storage.as_ref())?.set_aside());
                 index
             }
         };

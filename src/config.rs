@@ -92,6 +92,9 @@ pub struct Config {
     /// When the daemon verifies the repository, and how much data it reads back.
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// What `prune` keeps, per stack (README, "Retention").
+    #[serde(default)]
+    pub prune: PruneConfig,
     /// Where the file came from, for messages.
     #[serde(skip)]
     pub origin: String,
@@ -190,6 +193,40 @@ impl VerifyConfig {
 
     pub fn read_data(&self) -> u32 {
         self.read_data.unwrap_or(10)
+    }
+}
+
+/// Which snapshots `prune` keeps of each stack: the union of what each rule keeps (as restic's
+/// `forget`); the command line's rules replace these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// The newest N.
+    pub keep_last: Option<u32>,
+    /// The newest of each of the last N hours, days, ISO weeks, months, years that have snapshots
+    /// (in `schedule.timezone`).
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// Every snapshot taken within this long before the stack's newest.
+    #[serde(default, deserialize_with = "duration")]
+    pub keep_within: Option<std::time::Duration>,
+    /// How long packs marked for deletion wait before they are deleted, so that a backup running
+    /// meanwhile can still use them; default 24h, longer than a night's run.
+    #[serde(default, deserialize_with = "duration")]
+    pub grace: Option<std::time::Duration>,
+}
+
+impl PruneConfig {
+    pub fn keeps_nothing_stated(&self) -> bool {
+        let PruneConfig { keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, grace: _ } = self;
+        [keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly].iter().all(|n| n.unwrap_or(0) == 0) && keep_within.is_none()
+    }
+
+    pub fn grace(&self) -> std::time::Duration {
+        self.grace.unwrap_or(std::time::Duration::from_secs(24 * 3600))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod progress;
+pub mod prune;
 pub mod docker;
 pub mod repo;
 pub mod restore;

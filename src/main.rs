@@ -4,7 +4,7 @@
 //! when interrupted.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -75,6 +75,21 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+    },
+    /// Forget the snapshots the keep rules no longer want (per stack) and delete the packs no snapshot
+    /// references, never one that is locked or held: marked first, deleted by a run after the grace
+    /// period (README, "Retention")
+    Prune {
+        #[command(flatten)]
+        retention: Retention,
+    },
+    /// Forget the snapshots the keep rules no longer want, per stack; with --prune, as `prune`
+    Forget {
+        #[command(flatten)]
+        retention: Retention,
+        /// Also delete the packs no snapshot references
+        #[arg(long)]
+        prune: bool,
     },
     /// Restore a snapshot: volumes and bind mounts through Docker, databases into their running
     /// servers, paths in place
@@ -179,6 +194,57 @@ enum AgentAction {
     },
 }
 
+/// Keep rules: any given replace the config's `prune:` rules.
+#[derive(clap::Args)]
+struct Retention {
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Every snapshot within this long of the stack's newest, e.g. 30d
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_within: Option<std::time::Duration>,
+    /// How long marked packs wait before a run deletes them [default: prune.grace, or 24h]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    grace: Option<std::time::Duration>,
+    /// Only this stack's snapshots
+    #[arg(long)]
+    stack: Option<String>,
+    /// Print what would be forgotten, marked and deleted; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+impl Retention {
+    fn options(&self, config: &Config, forget_only: bool) -> Result<stackvault::prune::PruneOptions> {
+        let given = stackvault::config::PruneConfig {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+            grace: None,
+        };
+        let rules = if given.keeps_nothing_stated() { config.prune.clone() } else { given };
+        let policy = stackvault::config::PruneConfig { grace: self.grace.or(config.prune.grace), ..rules };
+        let zone = config.schedule.timezone.as_deref().unwrap_or("UTC");
+        let zone = jiff::tz::TimeZone::get(zone).with_context(|| format!("schedule.timezone {zone:?}"))?;
+        Ok(stackvault::prune::PruneOptions { policy, zone, stack: self.stack.clone(), dry_run: self.dry_run, forget_only })
+    }
+}
+
 #[derive(clap::Args)]
 struct AgentLink {
     /// The sidecar's socket; without it the agent uses stdin and stdout
@@ -255,6 +321,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let encryption = if repo.config.encryption.is_some() { "encrypted to the configured recipients" } else { "not encrypted" };
             println!("created repository {} at {} ({encryption})", repo.config.id, repo.storage.location());
         }
+        Command::Prune { retention } => return prune(config_path, &retention, false).await,
+        Command::Forget { retention, prune: also_prune } => return prune(config_path, &retention, !also_prune).await,
         Command::Stats { json } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
@@ -551,6 +619,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { dir } => stackvault::demo::run(&dir).await?,
         Command::Agent { .. } => bail!("the agent runs without a runtime"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(config_path: Option<&Path>, retention: &Retention, forget_only: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let options = retention.options(&config, forget_only)?;
+    let repo = stackvault::open_repository(&config)?;
+    let report = tokio::task::spawn_blocking(move || stackvault::prune::prune(&repo, &options)).await??;
+    if retention.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let kept = report.decisions.iter().filter(|d| !d.kept_by.is_empty()).count();
+        let verb = if report.dry_run || report.denied.is_some() { "would forget" } else { "forgot" };
+        println!("{} snapshots considered: {kept} kept, {verb} {}, {} kept until their locks expire", report.decisions.len(), report.forgotten.len(), report.kept_locked.len());
+        for decision in report.decisions.iter().filter(|d| !d.kept_by.is_empty()) {
+            println!("  keep {} {} {} ({})", &decision.id[..12], decision.stack, decision.time, decision.kept_by.join(", "));
+        }
+        let verb = if report.dry_run || report.denied.is_some() { "would delete" } else { "deleted" };
+        println!("{verb} {} packs ({}); {} marked packs still referenced were kept", report.deleted_packs, bytes(report.deleted_bytes), report.revived);
+        if let Some((id, count, size, from)) = &report.marked {
+            println!("marked {count} packs ({}) for deletion from {from} (prune/{}): a prune run after then deletes those still unreferenced", bytes(*size), &id[..12]);
+        }
+        if report.waiting > 0 {
+            println!("{} unreferenced packs ({}) stay locked or held, the last until {}", report.waiting, bytes(report.waiting_bytes), report.waiting_until.as_deref().unwrap_or("a legal hold is lifted"));
+        }
+    }
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(denied) = &report.denied {
+        eprintln!("error: the target refused to delete ({denied}); the lines above say what this run would have deleted: give the credential delete permission");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -376,6 +376,28 @@ pub struct Snapshot {
     pub summary: Summary,
 }
 
+/// One of prune's records (docs/FORMAT.md, "Prune records"), an object under `prune/` named by the
+/// BLAKE3 of its bytes like every other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PruneRecord {
+    /// Packs no snapshot referenced when it was written, to be deleted from `delete_after` on if
+    /// still none does; writers do not deduplicate against them while the marker is pending.
+    Marker {
+        version: u32,
+        /// RFC 3339 UTC, when it was written.
+        time: String,
+        /// RFC 3339 UTC: not before this may its packs be deleted.
+        delete_after: String,
+        hostname: String,
+        program: String,
+        /// Sorted.
+        packs: Vec<Id>,
+    },
+    /// The marker with this id was carried out: it is no longer pending.
+    Done { version: u32, time: String, marker: Id },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod crypt;
 pub mod format;
 pub mod index;
+pub mod marks;
 pub mod pack;
 pub mod packindex;
 pub mod tree;
@@ -14,13 +15,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::storage::{Key, ObjectKind, Storage, StorageError};
+use crate::storage::{Key, ObjectInfo, ObjectKind, Storage, StorageError};
 pub use format::{Node, RepoConfig, Snapshot, SourceRecord, Tree};
 pub use index::Index;
 
 /// The repository format version this build creates (docs/FORMAT.md); it reads every version from 1
 /// up to it, and writes into a repository in that repository's version (`migrate` moves it up).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -48,6 +49,8 @@ pub enum RepoError {
     LocalIndex { dir: String, detail: String },
     #[error("the {0} stopped before the backup finished")]
     Stopped(&'static str),
+    #[error("pack {pack} is marked for deletion by prune (marker {marker}, deletable from {at}) and this run references it: run `stackvault prune` to carry the marker out, then the backup again (it stores that data anew)")]
+    MarkedForDeletion { pack: String, marker: String, at: String },
     #[error("snapshot {snapshot}: {detail}; the snapshot is damaged or was crafted: restore another one, and run `stackvault verify`")]
     Invalid { snapshot: String, detail: String },
 }
@@ -266,19 +269,22 @@ impl Repository {
     }
 
     /// Stores a manifest's bytes as they are (a staged snapshot keeps its id), `packs` being the packs
-    /// it lists: each must be stored, and is locked first where the target locks objects.
+    /// it lists: each must be stored, not due for deletion by a prune, and is locked first where the
+    /// target locks objects. The prune records are read before the packs are listed: a pack a prune
+    /// deleted is missing, and one it may delete soon is still marked.
     pub fn store_manifest(&self, bytes: &[u8], packs: &[Id]) -> Result<Id, RepoError> {
+        marks::PruneMarks::read(self.storage.as_ref())?.check_commit(packs, std::time::SystemTime::now())?;
+        let referenced = self.referenced_objects(packs)?;
         if let Some(until) = self.storage.lock_until()? {
-            self.protect_references(packs, until)?;
+            self.storage.protect(&referenced, until)?;
         }
         let id = Id::of(bytes);
         self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), bytes)?;
         Ok(id)
     }
 
-    /// Locks each listed pack and its index object until at least `until` (and holds them, where legal
-    /// holds are configured); returns how many objects were changed.
-    fn protect_references(&self, packs: &[Id], until: std::time::SystemTime) -> Result<usize, RepoError> {
+    /// Each listed pack and its index object, as stored; an absent one is an error.
+    fn referenced_objects(&self, packs: &[Id]) -> Result<Vec<ObjectInfo>, RepoError> {
         let wanted: std::collections::HashSet<String> = packs.iter().map(Id::hex).collect();
         let mut objects = Vec::with_capacity(2 * packs.len());
         for kind in [ObjectKind::Pack, ObjectKind::Index] {
@@ -290,6 +296,6 @@ impl Repository {
             }
             objects.extend(listed);
         }
-        Ok(self.storage.protect(&objects, until)?)
+        Ok(objects)
     }
 }

@@ -169,6 +169,7 @@ impl Storage for FilesystemStorage {
             ObjectKind::Config => return Ok(self.stat(&Key::config())?.into_iter().collect()),
             ObjectKind::Index => vec![self.root.join("index")],
             ObjectKind::Snapshot => vec![self.root.join("snapshots")],
+            ObjectKind::Prune => vec![self.root.join("prune")],
             ObjectKind::Pack => match fs::read_dir(self.root.join("packs")) {
                 Ok(fanout) => fanout.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -191,6 +192,17 @@ impl Storage for FilesystemStorage {
         }
         found.sort_by(|a, b| a.key.name.cmp(&b.key.name));
         Ok(found)
+    }
+
+    /// A share locks nothing (its own snapshots or permissions may): the file is unlinked and the
+    /// removal made durable.
+    fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("an object lies in a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::from_io(path.display(), e)),
+        }
     }
 
     fn retain(&self, key: &Key, _until: SystemTime) -> Result<(), StorageError> {

@@ -48,6 +48,9 @@ pub enum StorageError {
     /// container without WORM support), or an error no retry can fix.
     #[error("{location}: {message}")]
     Refused { location: String, message: String },
+    /// The target refuses to delete the object: its retention lock has not expired, or it is held.
+    #[error("{location}: locked ({why}); it can be deleted once the lock expires and no legal hold is set")]
+    Locked { location: String, why: String },
 }
 
 impl StorageError {
@@ -70,6 +73,8 @@ pub enum ObjectKind {
     Pack,
     Index,
     Snapshot,
+    /// Prune's records: a marker naming packs it will delete, and the note that one was carried out.
+    Prune,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,6 +100,7 @@ impl Key {
             ObjectKind::Pack => format!("packs/{}/{}", &self.name[..2.min(self.name.len())], self.name),
             ObjectKind::Index => format!("index/{}", self.name),
             ObjectKind::Snapshot => format!("snapshots/{}", self.name),
+            ObjectKind::Prune => format!("prune/{}", self.name),
         }
     }
 }
@@ -135,6 +141,9 @@ pub trait Storage: Send + Sync {
     /// Extends (never shortens) the retention lock of an object.
     fn retain(&self, key: &Key, until: SystemTime) -> Result<(), StorageError>;
     fn set_legal_hold(&self, key: &Key, hold: bool) -> Result<(), StorageError>;
+    /// Removes an object, refused ([`StorageError::Locked`]) while it is locked or held; one that is
+    /// already gone is no error. Only prune deletes, and only what no snapshot references.
+    fn delete(&self, key: &Key) -> Result<(), StorageError>;
 
     /// Checks, before anything is written, that the target takes objects as configured (a cloud
     /// container exists, is WORM-capable where that is required, the credential may write); with

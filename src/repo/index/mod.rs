@@ -102,6 +102,8 @@ pub struct Index {
     added: HashMap<Id, u32>,
     /// Packs whose index object is gone from the target: their locations are not used.
     gone: HashSet<u32>,
+    /// Packs a prune is about to delete (see [`Index::set_aside`]): present, but not used.
+    set_aside: HashSet<u32>,
     /// Persist what was added when dropped (see [`Index::keep_on_drop`]).
     keep_on_drop: bool,
     /// Packs that were gone when the index was last persisted (the `gone` file): a staged snapshot's
@@ -189,6 +191,7 @@ impl Index {
             known: Arc::default(),
             added: HashMap::new(),
             gone: HashSet::new(),
+            set_aside: HashSet::new(),
             packs_file,
         })
     }
@@ -351,7 +354,24 @@ impl Index {
         }
         let values = self.table.get(&id.0).map_err(|e| local_error(&self.dir, e))?;
         // A value naming no pack can only come from a damaged cache: it is not a copy.
-        Ok(values.iter().map(|value| decode(id, value)).filter(|l| (l.pack as usize) < self.packs.len() && !self.gone.contains(&l.pack)).collect())
+        Ok(values.iter().map(|value| decode(id, value)).filter(|l| (l.pack as usize) < self.packs.len() && !self.unused(l.pack)).collect())
+    }
+
+    fn unused(&self, position: u32) -> bool {
+        self.gone.contains(&position) || self.set_aside.contains(&position)
+    }
+
+    /// Stops using these packs' blobs (a prune's pending markers name them, docs/FORMAT.md "Prune
+    /// records"): a blob found only there is stored again, and a cached file whose content lies there
+    /// is read again.
+    pub fn set_aside(&mut self, packs: &HashSet<Id>) {
+        let positions: Vec<u32> = packs.iter().filter_map(|pack| self.known.get(pack).copied()).collect();
+        if positions.is_empty() {
+            return;
+        }
+        self.set_aside.extend(positions);
+        let known = self.known.iter().filter(|(_, position)| !self.set_aside.contains(position)).map(|(id, position)| (*id, *position)).collect();
+        self.known = Arc::new(known);
     }
 
     /// The first copy of a blob.

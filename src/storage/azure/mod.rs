@@ -254,10 +254,13 @@ impl Inner {
                         message: format!("the container does not exist in account {}: create it (with version-level immutability) or correct repository.azure.container", self.credential.account),
                     },
                     (StatusCode::NotFound, _) => StorageError::NotFound { location },
+                    // Delete Blob on a blob under an unexpired immutability policy or a legal hold.
+                    (StatusCode::Conflict, "BlobImmutableDueToPolicy") => StorageError::Locked { location, why: "its immutability policy has not expired".into() },
+                    (StatusCode::Conflict, "BlobImmutableDueToLegalHold") => StorageError::Locked { location, why: "it is under a legal hold".into() },
                     (StatusCode::Forbidden, code) if code.starts_with("Authorization") && code.ends_with("Mismatch") => StorageError::Denied {
                         location,
                         message: format!(
-                            "{doing}: {credential} is not allowed to do this ({code}): a SAS needs the permissions read, list, create and write (sp=rlcw) on this container; an identity needs the role \"Storage Blob Data Contributor\" on it, or a custom role with read, write and immutability-policy actions (README, \"Azure Blob Storage\")"
+                            "{doing}: {credential} is not allowed to do this ({code}): a SAS needs the permissions read, list, create and write (sp=rlcw) on this container, and delete (d) to prune; an identity needs the role \"Storage Blob Data Contributor\" on it, or a custom role with read, write, delete and immutability-policy actions (README, \"Azure Blob Storage\")"
                         ),
                     },
                     // Anything else refused is the credential itself (a wrong or rotated key, an expired
@@ -417,6 +420,7 @@ impl Storage for AzureStorage {
             ObjectKind::Pack => "packs/",
             ObjectKind::Index => "index/",
             ObjectKind::Snapshot => "snapshots/",
+            ObjectKind::Prune => "prune/",
         };
         let prefix = format!("{}{folder}", self.inner.prefix);
         let options = BlobContainerClientListBlobsOptions {
@@ -469,6 +473,21 @@ impl Storage for AzureStorage {
         self.inner
             .run(async move { blob.set_legal_hold(hold, None).await.map(|_| ()) })
             .map_err(|e| self.inner.failure("setting a legal hold", &self.inner.location_of(&name), e))
+    }
+
+    /// Deletes the blob's current version. With versioning on (which version-level immutability
+    /// needs), that version stays as a previous one until the container's lifecycle rule removes it
+    /// (README, "Pruning on Azure").
+    fn delete(&self, key: &Key) -> Result<(), StorageError> {
+        let name = self.inner.blob_name(key);
+        let blob = self.inner.blob(&name);
+        match self.inner.run(async move { blob.delete(None).await.map(|_| ()) }) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.inner.failure("deleting an object", &self.inner.location_of(&name), e) {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     fn check_writable(&self, init: bool) -> Result<Vec<String>, StorageError> {

@@ -1,0 +1,94 @@
+//! Prune's records as writers see them (docs/FORMAT.md, "Prune records"): the packs pending markers
+//! name are not deduplicated against, and a manifest that would reference one due for deletion soon
+//! is refused, so that a snapshot never references a pack prune deletes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use super::format::PruneRecord;
+use super::{read_bounded, Id, RepoError, MAX_SNAPSHOT_OBJECT};
+use crate::storage::{Key, ObjectKind, Storage};
+
+/// The longest a writer's check of the markers may precede its manifest becoming visible, clocks'
+/// skew included: phase 2 of a prune lists the manifests only that long after the marker's date.
+const MAX_SAFETY: Duration = Duration::from_secs(3600);
+
+/// A marker no done record names.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub id: Id,
+    pub time: SystemTime,
+    pub delete_after: SystemTime,
+    pub packs: Vec<Id>,
+}
+
+impl Marker {
+    /// From when a writer must no longer commit a manifest referencing one of its packs: half the
+    /// grace before `delete_after`, at most an hour.
+    pub fn commit_deadline(&self) -> SystemTime {
+        let grace = self.delete_after.duration_since(self.time).unwrap_or_default();
+        self.delete_after - (grace / 2).min(MAX_SAFETY)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PruneMarks {
+    pub pending: Vec<Marker>,
+    /// Done records, by the marker they close, with their own ids.
+    pub done: HashMap<Id, Vec<Id>>,
+    /// Objects under `prune/` that are not a record; they decide nothing.
+    pub unreadable: Vec<RepoError>,
+}
+
+impl PruneMarks {
+    pub fn read(storage: &dyn Storage) -> Result<PruneMarks, RepoError> {
+        let mut marks = PruneMarks::default();
+        let mut markers = Vec::new();
+        for info in storage.list(ObjectKind::Prune)? {
+            match read_record(storage, &info.key) {
+                Ok((id, PruneRecord::Done { marker, .. })) => marks.done.entry(marker).or_default().push(id),
+                Ok((id, PruneRecord::Marker { time, delete_after, packs, .. })) => markers.push((id, time, delete_after, packs)),
+                Err(e) => marks.unreadable.push(e),
+            }
+        }
+        for (id, time, delete_after, packs) in markers {
+            if marks.done.contains_key(&id) {
+                continue;
+            }
+            let parse = |text: &str| humantime::parse_rfc3339(text).map_err(|e| RepoError::corrupt(Key::new(ObjectKind::Prune, id.hex()).path(), format!("{text:?}: {e}")));
+            match (parse(&time), parse(&delete_after)) {
+                (Ok(time), Ok(delete_after)) => marks.pending.push(Marker { id, time, delete_after, packs }),
+                (Err(e), _) | (_, Err(e)) => marks.unreadable.push(e),
+            }
+        }
+        marks.pending.sort_by_key(|m| m.time);
+        Ok(marks)
+    }
+
+    /// Every pack a pending marker names.
+    pub fn set_aside(&self) -> HashSet<Id> {
+        self.pending.iter().flat_map(|m| m.packs.iter().copied()).collect()
+    }
+
+    /// Refuses a manifest referencing a pack that a pending marker may have deleted by the time the
+    /// manifest is visible.
+    pub fn check_commit(&self, packs: &[Id], now: SystemTime) -> Result<(), RepoError> {
+        for marker in self.pending.iter().filter(|m| now >= m.commit_deadline()) {
+            let marked: HashSet<&Id> = marker.packs.iter().collect();
+            if let Some(pack) = packs.iter().find(|p| marked.contains(p)) {
+                return Err(RepoError::MarkedForDeletion { pack: pack.hex(), marker: marker.id.hex(), at: humantime::format_rfc3339_seconds(marker.delete_after).to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn read_record(storage: &dyn Storage, key: &Key) -> Result<(Id, PruneRecord), RepoError> {
+    let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
+    let bytes = read_bounded(storage, key, MAX_SNAPSHOT_OBJECT)?;
+    if Id::of(&bytes) != id {
+        return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
+    }
+    let record = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+    Ok((id, record))
+}
