@@ -84,7 +84,7 @@ def main():
     identity = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--identity" else None
     with open(os.path.join(repo, "config")) as f:
         config = json.load(f)
-    assert config["format"] == "stackvault" and config["version"] in (1, 2, 3, 4), config
+    assert config["format"] == "stackvault" and config["version"] in (1, 2, 3, 4, 5), config
     snapshots = []
     for snapshot_id in os.listdir(os.path.join(repo, "snapshots")):
         with open(os.path.join(repo, "snapshots", snapshot_id)) as f:

@@ -76,8 +76,8 @@ fn a_version_1_repository_restores_verifies_and_migrates() {
     assert_eq!((config_version(&repo), index_forms(&repo)), (1, (3, 0)));
 
     let out = ok(stackvault(&config).arg("migrate"));
-    assert!(out.contains("from format version 1 to 4"), "{out}");
-    assert_eq!(config_version(&repo), 4);
+    assert!(out.contains("from format version 1 to 5"), "{out}");
+    assert_eq!(config_version(&repo), 5);
     assert!(python("fixture.py", &[&"mutate", &data]).status.success());
     ok(stackvault(&config).arg("backup"));
     assert_eq!(index_forms(&repo), (3, 1));
@@ -85,7 +85,7 @@ fn a_version_1_repository_restores_verifies_and_migrates() {
         .iter()
         .map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap()["version"].as_u64().unwrap())
         .collect();
-    assert_eq!(manifests.iter().filter(|v| **v == 4).count(), 1, "{manifests:?}");
+    assert_eq!(manifests.iter().filter(|v| **v == 5).count(), 1, "{manifests:?}");
 
     assert!(verify().contains("4 snapshots checked"));
     for (snapshot, expected) in SNAPSHOTS {
