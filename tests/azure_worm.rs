@@ -180,3 +180,52 @@ fn older_objects_a_new_snapshot_references_are_locked_as_long_as_it_and_verify_n
     assert!(stdout.contains(&format!("immutability: {index} has no legal hold")), "{stdout}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Prune against the double's Delete Blob, which refuses a blob under an unexpired policy or a legal
+/// hold as Azure's documentation says (tests/azure_double.py): nothing locked or held is deleted,
+/// and once locks expire and holds are lifted, the forgotten snapshot and its data go.
+#[test]
+fn prune_deletes_nothing_locked_or_held_and_what_expired_once_unreferenced() {
+    let work = scratch("worm-prune");
+    let double = Double::start(true);
+    double.create_container("worm");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = config(&work, &data, &double, "      days: 180\n      mode: unlocked\n");
+    ok(sv(&config).arg("init"));
+    std::fs::write(data.join("first"), vec![1u8; 200_000]).unwrap();
+    ok(sv(&config).arg("backup"));
+    std::fs::remove_file(data.join("first")).unwrap();
+    std::fs::write(data.join("second"), vec![2u8; 200_000]).unwrap();
+    ok(sv(&config).arg("backup"));
+    let prune = || run(sv(&config).args(["prune", "--keep-last", "1", "--grace", "0s"]));
+    let snapshots = || double.blobs().into_iter().filter(|b| b["name"].as_str().unwrap().starts_with("snapshots/")).count();
+    let deletes = || double.requests().iter().filter(|r| r["method"] == "DELETE" && r["status"] == 202).count();
+
+    let locked = prune();
+    assert!(locked.status.success(), "{}", text(&locked.stderr));
+    assert!(text(&locked.stdout).contains("the policy forgets it, but it is locked until"), "{}", text(&locked.stdout));
+    assert!(text(&locked.stderr).contains("keeps less than the immutability period"), "{}", text(&locked.stderr));
+    assert_eq!((snapshots(), deletes()), (2, 0));
+
+    // The locks expire; the forgotten manifest is held.
+    let names: Vec<String> = double.blobs().iter().map(|b| b["name"].as_str().unwrap().to_string()).collect();
+    for name in &names {
+        double.set_policy(name, "2020-01-01T00:00:00Z", "unlocked");
+    }
+    let first = ok(sv(&config).arg("snapshots"));
+    let oldest = first.lines().find_map(|l| l.split_whitespace().find(|w| w.len() >= 12 && w.chars().all(|c| c.is_ascii_hexdigit()))).unwrap().to_string();
+    let held = names.iter().find(|n| n.starts_with(&format!("snapshots/{oldest}"))).unwrap_or_else(|| panic!("{oldest} in {names:?}"));
+    double.set_legal_hold(held, true);
+    let out = prune();
+    assert!(out.status.success() && text(&out.stdout).contains("under a legal hold"), "{}", text(&out.stdout));
+    assert_eq!((snapshots(), deletes()), (2, 0));
+
+    double.set_legal_hold(held, false);
+    let out = prune();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("forgot snapshot") && text(&out.stdout).contains("deleted packs/"), "{}", text(&out.stdout));
+    assert_eq!(snapshots(), 1);
+    ok(sv(&config).arg("verify"));
+    let _ = std::fs::remove_dir_all(&work);
+}
