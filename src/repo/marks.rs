@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use super::format::PruneRecord;
-use super::{read_bounded, Id, RepoError, MAX_SNAPSHOT_OBJECT};
+use super::{read_content_named, Id, RepoError};
 use crate::storage::{Key, ObjectKind, Storage};
 
 /// The longest a writer's check of the markers may precede its manifest becoming visible, clocks'
@@ -45,7 +45,7 @@ impl PruneMarks {
         let mut marks = PruneMarks::default();
         let mut markers = Vec::new();
         for info in storage.list(ObjectKind::Prune)? {
-            match read_record(storage, &info.key) {
+            match read_content_named::<PruneRecord>(storage, &info.key) {
                 Ok((id, PruneRecord::Done { marker, .. })) => marks.done.entry(marker).or_default().push(id),
                 Ok((id, PruneRecord::Marker { time, delete_after, packs, .. })) => markers.push((id, time, delete_after, packs)),
                 Err(e) => marks.unreadable.push(e),
@@ -83,12 +83,34 @@ impl PruneMarks {
     }
 }
 
-pub fn read_record(storage: &dyn Storage, key: &Key) -> Result<(Id, PruneRecord), RepoError> {
-    let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
-    let bytes = read_bounded(storage, key, MAX_SNAPSHOT_OBJECT)?;
-    if Id::of(&bytes) != id {
-        return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_strictly_and_a_marker_closed_by_a_done_record_is_not_pending() {
+        let marker = r#"{"kind":"marker","version":5,"time":"2026-01-01T00:00:00Z","delete_after":"2026-01-02T00:00:00Z","hostname":"h","program":"p","packs":[]}"#;
+        assert!(matches!(serde_json::from_str::<PruneRecord>(marker).unwrap(), PruneRecord::Marker { .. }));
+        let extra = marker.replace(r#""packs":[]"#, r#""packs":[],"also":1"#);
+        assert!(serde_json::from_str::<PruneRecord>(&extra).is_err(), "an unknown field is an error");
+        let done = format!(r#"{{"kind":"done","version":5,"time":"2026-01-01T00:00:00Z","marker":"{}"}}"#, "ab".repeat(32));
+        assert!(matches!(serde_json::from_str::<PruneRecord>(&done).unwrap(), PruneRecord::Done { .. }));
+
+        let dir = std::env::temp_dir().join(format!("sv-marks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage = crate::storage::filesystem::FilesystemStorage::open(&dir).unwrap();
+        let put = |bytes: &[u8]| {
+            let id = Id::of(bytes);
+            storage.put(&Key::new(ObjectKind::Prune, id.hex()), bytes).unwrap();
+            id
+        };
+        let marker_id = put(marker.as_bytes());
+        let pending = PruneMarks::read(&storage).unwrap();
+        assert_eq!(pending.pending.len(), 1);
+        // Deadline: half the day's grace is more than the hour's cap.
+        assert_eq!(pending.pending[0].commit_deadline(), humantime::parse_rfc3339("2026-01-01T23:00:00Z").unwrap());
+        put(format!(r#"{{"kind":"done","version":5,"time":"2026-01-02T00:00:00Z","marker":"{}"}}"#, marker_id.hex()).as_bytes());
+        assert!(PruneMarks::read(&storage).unwrap().pending.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    let record = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
-    Ok((id, record))
 }

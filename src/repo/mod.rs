@@ -74,6 +74,17 @@ pub const MAX_INDEX_OBJECT: u64 = 32 << 20;
 /// The largest decompressed table of a version 2 index object (about 280,000 entries).
 pub const MAX_INDEX_TABLE: u64 = 16 << 20;
 
+/// A JSON object named by the hash of its bytes (a manifest, a prune record), read whole.
+fn read_content_named<T: serde::de::DeserializeOwned>(storage: &dyn Storage, key: &Key) -> Result<(Id, T), RepoError> {
+    let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
+    let bytes = read_bounded(storage, key, MAX_SNAPSHOT_OBJECT)?;
+    if Id::of(&bytes) != id {
+        return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
+    }
+    let object = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
+    Ok((id, object))
+}
+
 /// Reads a whole object of at most `limit` bytes: an object's size is whatever whoever wrote it chose.
 fn read_bounded(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>, RepoError> {
     use std::io::Read;
@@ -225,13 +236,7 @@ impl Repository {
     }
 
     fn load_snapshot(&self, key: &Key) -> Result<(Id, Snapshot), RepoError> {
-        let id: Id = key.name.parse().map_err(|e| RepoError::corrupt(key.path(), e))?;
-        let bytes = read_bounded(self.storage.as_ref(), key, MAX_SNAPSHOT_OBJECT)?;
-        if Id::of(&bytes) != id {
-            return Err(RepoError::corrupt(key.path(), "its content does not match its name"));
-        }
-        let snapshot = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key.path(), e))?;
-        Ok((id, snapshot))
+        read_content_named(self.storage.as_ref(), key)
     }
 
     /// One whole snapshot manifest.
