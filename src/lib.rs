@@ -99,6 +99,7 @@ pub fn open_repository(config: &Config) -> Result<Repository, Error> {
 pub fn open_staging_repository(config: &Config, dir: &std::path::Path) -> Result<Repository, Error> {
     let mut repo = Repository::open(Arc::new(FilesystemStorage::open(dir)?))?;
     repo.index_cache = Some(config.cache_dir().join(&repo.config.id).join("index"));
+    repo.staging = true;
     Ok(repo)
 }
 

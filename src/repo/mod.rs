@@ -175,6 +175,9 @@ pub struct Repository {
     pub config: RepoConfig,
     /// Where this host keeps the repository's index (a directory of its own); none: a temporary one.
     pub index_cache: Option<std::path::PathBuf>,
+    /// A staging area standing in for the repository (`runner::staging`): its snapshots reference
+    /// packs only the target holds, and are checked against it when they are uploaded.
+    pub staging: bool,
 }
 
 impl Repository {
@@ -184,7 +187,7 @@ impl Repository {
         }
         let config = RepoConfig::new(recipients)?;
         storage.put(&Key::config(), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
-        Ok(Repository { storage, config, index_cache: None })
+        Ok(Repository { storage, config, index_cache: None, staging: false })
     }
 
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self, RepoError> {
@@ -198,7 +201,7 @@ impl Repository {
             return Err(RepoError::UnsupportedVersion { found: config.version });
         }
         config.check().map_err(|e| RepoError::corrupt("the config object", e))?;
-        Ok(Repository { storage, config, index_cache: None })
+        Ok(Repository { storage, config, index_cache: None, staging: false })
     }
 
     /// Moves the repository to the newest format version, returning the version it had, or `None`
@@ -278,10 +281,12 @@ impl Repository {
     /// target locks objects. The prune records are read before the packs are listed: a pack a prune
     /// deleted is missing, and one it may delete soon is still marked.
     pub fn store_manifest(&self, bytes: &[u8], packs: &[Id]) -> Result<Id, RepoError> {
-        marks::PruneMarks::read(self.storage.as_ref())?.check_commit(packs, std::time::SystemTime::now())?;
-        let referenced = self.referenced_objects(packs)?;
-        if let Some(until) = self.storage.lock_until()? {
-            self.storage.protect(&referenced, until)?;
+        if !self.staging {
+            marks::PruneMarks::read(self.storage.as_ref())?.check_commit(packs, std::time::SystemTime::now())?;
+            let referenced = self.referenced_objects(packs)?;
+            if let Some(until) = self.storage.lock_until()? {
+                self.storage.protect(&referenced, until)?;
+            }
         }
         let id = Id::of(bytes);
         self.storage.put(&Key::new(ObjectKind::Snapshot, id.hex()), bytes)?;
