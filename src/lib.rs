@@ -9,6 +9,7 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod progress;
 pub mod prune;
 pub mod docker;

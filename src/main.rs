@@ -141,6 +141,11 @@ enum Command {
         /// age identity file, to check inside encrypted packs and trees
         #[arg(long, env = "STACKVAULT_IDENTITY")]
         identity: Option<PathBuf>,
+        /// Also restore a snapshot (the latest, or SNAPSHOT) into throwaway containers, volumes and
+        /// internal networks on the local engine, check its databases' rows against those recorded
+        /// at backup and each container's stackvault.drill-check command, and remove it all
+        #[arg(long, value_name = "SNAPSHOT", num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
+        drill: Option<String>,
     },
     /// Move the repository to the newest format version (docs/FORMAT.md, "Versions"); what is stored
     /// stays as it is, later backups write the new version
@@ -482,7 +487,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let only = only.iter().map(|o| o.parse()).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
             let steps = RestoreSteps::start();
             let report = Some(steps.reporter());
-            let options = RestoreOptions { snapshot, identity, force, to, only, docker_host, dry_run, project, replace, report };
+            let options = RestoreOptions { snapshot, identity, force, to, only, docker_host, dry_run, project, replace, report, isolate: None };
             let outcome = interruptible(&config, stackvault::restore::restore(&config, options)).await;
             steps.stop();
             let outcome = outcome??;
@@ -518,7 +523,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(from) => println!("repository {} moved from format version {from} to {}", repo.config.id, repo.config.version),
             }
         }
-        Command::Verify { read_data, json, report: audit, identity } => {
+        Command::Verify { read_data, json, report: audit, identity, drill } => {
             let config = Config::load(config_path)?;
             let repo = stackvault::open_repository(&config)?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
@@ -533,7 +538,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 checked_at: stackvault::now_rfc3339(),
                 program: stackvault::program(),
             };
-            let report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read)).await??;
+            let drill_identities = identity.as_deref().map(Identities::load).transpose()?;
+            let mut report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read)).await??;
+            if let Some(wanted) = &drill {
+                let repo = stackvault::open_repository(&config)?;
+                let (id, snapshot) = repo.find_snapshot(wanted)?;
+                report.drill = Some(stackvault::drill::drill(&config, repo, id, snapshot, drill_identities).await?);
+            }
             if let Some(path) = &audit {
                 std::fs::write(path, stackvault::verify::html_report(&report, &context)).with_context(|| format!("writing the audit report to {}", path.display()))?;
             }
@@ -558,7 +569,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         })
                     })
                     .collect();
-                let whole = serde_json::json!({ "snapshots": snapshots, "unreadable": report.unreadable, "notes": report.notes, "packs_read": report.packs_read, "ok": report.ok() });
+                let whole = serde_json::json!({ "snapshots": snapshots, "unreadable": report.unreadable, "notes": report.notes, "packs_read": report.packs_read, "drill": report.drill, "ok": report.ok() });
                 println!("{}", serde_json::to_string_pretty(&whole)?);
                 return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
             }
@@ -586,6 +597,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 _ => format!(", {} packs read", report.packs_read),
             };
             println!("{} snapshots checked{checked}", report.snapshots.len());
+            if let Some(drill) = &report.drill {
+                print_drill(drill);
+            }
             if !report.ok() {
                 let broken: Vec<String> = report.broken.keys().map(|id| id.hex()).collect();
                 let mut failures = Vec::new();
@@ -594,6 +608,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 if !report.unreadable.is_empty() {
                     failures.push(format!("{} unreadable snapshot or index object(s)", report.unreadable.len()));
+                }
+                if let Some(drill) = report.drill.as_ref().filter(|d| !d.passed()) {
+                    let failed: Vec<String> = drill.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.what, c.detail)).collect();
+                    failures.push(format!("the drill of snapshot {} ({} {}) failed: {}", drill.snapshot, drill.stack, drill.time, failed.join("; ")));
                 }
                 eprintln!("error: {}", failures.join("; "));
                 return Ok(ExitCode::FAILURE);
@@ -783,6 +801,20 @@ async fn interruptible<T>(config: &Config, work: impl std::future::Future<Output
     stackvault::runner::lock::release_held();
     eprintln!("interrupted by {signal_name}: no snapshot was written; the next run reuses what was stored");
     std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });
+}
+
+fn print_drill(drill: &stackvault::drill::DrillReport) {
+    for project in &drill.leftovers_removed {
+        println!("removed what an earlier, interrupted drill left: project {project}");
+    }
+    let verdict = if drill.passed() { "passed" } else { "FAILED" };
+    println!("drill of snapshot {} ({} {}) as project {}: {verdict} in {:.0} s", drill.snapshot, drill.stack, drill.time, drill.project, drill.seconds);
+    for check in &drill.checks {
+        println!("  {} {}: {}", if check.passed { "ok  " } else { "FAIL" }, check.what, check.detail);
+    }
+    for left in &drill.left_behind {
+        println!("  not removed (the next drill tries again): {left}");
+    }
 }
 
 fn print_excluded(excluded: &[stackvault::source::exclude::Excluded]) {

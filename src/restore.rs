@@ -67,6 +67,9 @@ pub struct RestoreOptions {
     pub replace: bool,
     /// Told of each step as it begins.
     pub report: Option<Reporter>,
+    /// A drill's restore: the stack cut off from everything (`StackDefinition::isolate`), every object
+    /// it creates carrying these labels, and nothing that exists touched.
+    pub isolate: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `--only db:NAME`, `--only volume:NAME` or `--only container:NAME`.
@@ -237,7 +240,7 @@ pub(crate) fn networked_server<'c>(networked: &'c [DatabaseConfig], record: &Dum
 }
 
 /// The container to load a dump into, and its login as its own labels and environment say now.
-fn container_loader(handle: &Handle, docker: &bollard::Docker, record: &DumpRecord, server: Option<&str>, shown: &str) -> Result<(Shell, dump::Loader), Error> {
+pub(crate) fn container_loader(handle: &Handle, docker: &bollard::Docker, record: &DumpRecord, server: Option<&str>, shown: &str) -> Result<(Shell, dump::Loader), Error> {
     let container = match server {
         Some(server) => server.to_string(),
         None => handle.block_on(find_server(docker, record)).map_err(|e| Error::source(shown, e))?,

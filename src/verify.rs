@@ -94,11 +94,13 @@ pub struct VerifyReport {
     /// every object it references stay locked.
     pub locked_until: BTreeMap<Id, SystemTime>,
     pub notes: Vec<String>,
+    /// A restore drill's result, where one ran (`verify --drill`).
+    pub drill: Option<crate::drill::DrillReport>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.broken.is_empty() && self.unreadable.is_empty()
+        self.broken.is_empty() && self.unreadable.is_empty() && self.drill.as_ref().is_none_or(|d| d.passed())
     }
 }
 
@@ -332,7 +334,7 @@ pub fn html_report(report: &VerifyReport, context: &AuditContext) -> String {
         }
     };
     let trees = if report.walked_trees { "every tree walked to every data blob, with every rule a restore applies" } else { "root trees only (encrypted: no identity given)" };
-    let verdict = if report.ok() { "<p class=ok>All snapshots verified.</p>".to_string() } else { format!("<p class=bad>{} broken snapshots, {} unreadable objects.</p>", report.broken.len(), report.unreadable.len()) };
+    let verdict = if report.ok() { "<p class=ok>All snapshots verified.</p>".to_string() } else { format!("<p class=bad>{} broken snapshots, {} unreadable objects{}.</p>", report.broken.len(), report.unreadable.len(), if report.drill.as_ref().is_some_and(|d| !d.passed()) { ", the restore drill failed" } else { "" }) };
     let mut rows = String::new();
     for id in &report.snapshots {
         let (stack, time) = report.described.get(id).cloned().unwrap_or_default();
@@ -349,6 +351,25 @@ pub fn html_report(report: &VerifyReport, context: &AuditContext) -> String {
         ));
     }
     let list = |items: &[String]| items.iter().map(|i| format!("<li>{}</li>", e(i))).collect::<String>();
+    let drill = match &report.drill {
+        None => "<p>No restore drill in this run (<code>verify --drill</code>).</p>".to_string(),
+        Some(d) => {
+            let (class, verdict) = if d.passed() { ("ok", "passed") } else { ("bad", "FAILED") };
+            let checks: String = d
+                .checks
+                .iter()
+                .map(|c| format!("<tr><td>{}</td><td class={}>{}</td><td>{}</td></tr>\n", e(&c.what), if c.passed { "ok" } else { "bad" }, if c.passed { "ok" } else { "FAILED" }, e(&c.detail)))
+                .collect();
+            format!(
+                "<p class={class}>Snapshot <code>{}</code> ({} {}) restored into throwaway containers, volumes and internal networks (project {}), checked and removed in {:.0} s: {verdict}.</p>\n<table>\n<tr><th>check</th><th>result</th><th>detail</th></tr>\n{checks}</table>\n",
+                e(&d.snapshot),
+                e(&d.stack),
+                e(&d.time),
+                e(&d.project),
+                d.seconds
+            )
+        }
+    };
     format!(
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>stackvault verification {checked}</title>\n\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em;vertical-align:top}}\
@@ -359,7 +380,7 @@ pub fn html_report(report: &VerifyReport, context: &AuditContext) -> String {
 <tr><th>structure</th><td>every referenced pack present with the size its index records; {trees}</td></tr>\n\
 <tr><th>data</th><td>{read}</td></tr>\n<tr><th>immutability</th><td>each snapshot's manifest, packs and index objects locked at least as long as the manifest, legal holds where configured</td></tr>\n\
 </table>\n<h2>Snapshots ({count})</h2>\n<table>\n<tr><th>id</th><th>stack</th><th>time</th><th>status</th><th>objects</th><th>bytes</th><th>locked until</th><th>problems</th></tr>\n{rows}</table>\n\
-<h2>Unreadable objects</h2><ul>{unreadable}</ul>\n<h2>Notes</h2><ul>{notes}</ul>\n</body></html>\n",
+<h2>Restore drill</h2>\n{drill}<h2>Unreadable objects</h2><ul>{unreadable}</ul>\n<h2>Notes</h2><ul>{notes}</ul>\n</body></html>\n",
         checked = e(&context.checked_at),
         repo = e(&context.repository),
         location = e(&context.location),

@@ -36,6 +36,20 @@ fn redate(file: &Path, time: &str) {
     std::fs::remove_file(file).unwrap();
 }
 
+fn count_files(dir: &Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flat_map(|e| { let path = e.unwrap().path(); if path.is_dir() { walk(&path) } else { vec![path] } }).collect())
+        .unwrap_or_default()
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    ok(std::process::Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()));
+}
+
 fn times(repo: &Path) -> Vec<String> {
     let mut times: Vec<String> = snapshot_files(repo)
         .iter()
@@ -128,27 +142,37 @@ fn a_backup_running_while_prune_marks_the_packs_it_reuses_keeps_them() {
     std::fs::write(data.join("b-tonight"), b"second night").unwrap();
     ok(stackvault(&config).arg("backup"));
 
-    // A second host backs up the first night's file again, and a large one after it: it reads the
-    // file (deduplicated against the first night's pack) before the prune below runs.
+    // A second host backs up the first night's file again, and a large one after it. It is stopped
+    // (SIGSTOP) once it has stored a pack of the large file, so that it has deduplicated the first
+    // night's file against that night's pack and is still running when the prune below marks it.
     std::fs::write(other.join("a-reused"), &reused).unwrap();
     let big = std::fs::File::create(other.join("z-large")).unwrap();
-    std::io::copy(&mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 700 << 20), &mut std::io::BufWriter::new(big)).unwrap();
+    std::io::copy(&mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 300 << 20), &mut std::io::BufWriter::new(big)).unwrap();
     let second = host_config(&work, "second", &other);
+    let packs_before = count_files(&work.join("repo/packs"));
     let mut busy = stackvault(&second).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let marked = ok(stackvault(&config).args(["prune", "--keep-last", "1", "--grace", "30s"]));
+    while count_files(&work.join("repo/packs")) == packs_before {
+        assert!(busy.try_wait().unwrap().is_none(), "the busy backup is still running when its first pack is stored");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    signal(&busy, "STOP");
+    let grace = std::time::Duration::from_secs(60);
+    let marked_at = std::time::Instant::now();
+    let marked = ok(stackvault(&config).args(["prune", "--keep-last", "1", "--grace", "60s"]));
+    signal(&busy, "CONT");
     let busy = busy.wait_with_output().unwrap();
+    // It commits before the marker's commit deadline (half the grace), so it succeeds.
     assert!(busy.status.success(), "{}", text(&busy.stderr));
     // Marked: the first night's pack, and those the running backup has stored so far (no manifest
     // references them yet).
-    assert!(marked.contains("forgot snapshot") && marked.contains("unreferenced packs"), "{marked}");
+    assert!(marked.contains("2 snapshots considered: 1 kept, forgot 1") && marked.contains("unreferenced packs"), "{marked}");
 
     // A backup that starts after the marker does not reuse the marked pack: it stores the data anew.
     std::fs::write(data.join("a-reused"), &reused).unwrap();
     ok(stackvault(&config).arg("backup"));
 
-    std::thread::sleep(std::time::Duration::from_secs(31));
-    let carried_out = ok(stackvault(&config).args(["prune", "--keep-last", "3", "--grace", "30s"]));
+    std::thread::sleep((grace + std::time::Duration::from_secs(1)).saturating_sub(marked_at.elapsed()));
+    let carried_out = ok(stackvault(&config).args(["prune", "--keep-last", "3", "--grace", "60s"]));
     assert!(carried_out.contains("deleted 0 packs") && !carried_out.contains(" 0 marked packs still referenced"), "every marked pack is the busy backup's: kept\n{carried_out}");
     verifies(&config);
     let restored = work.join("restored");

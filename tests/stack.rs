@@ -95,6 +95,11 @@ struct Stack {
 
 impl Stack {
     fn create(prefix: &str) -> Stack {
+        Stack::create_with(prefix, &[])
+    }
+
+    /// With extra `docker run` arguments for the app container (labels).
+    fn create_with(prefix: &str, app_args: &[&str]) -> Stack {
         let project = unique(prefix);
         let work = scratch(prefix);
         let p = &project.clone();
@@ -112,13 +117,16 @@ impl Stack {
         ]);
         let files = volume_dir(&format!("{p}_files"));
         make_fixture(&files, 8, 200);
-        docker(&[
-            "run", "-d", "--name", &format!("{p}-app-1"), "--network", &format!("{p}_default"), "--network-alias", "app",
+        let (app_name, app_network, app_files) = (format!("{p}-app-1"), format!("{p}_default"), format!("{p}_files:/srv/files"));
+        let mut app: Vec<&str> = vec![
+            "run", "-d", "--name", &app_name, "--network", &app_network, "--network-alias", "app",
             "--label", &compose, "--label", "com.docker.compose.service=app", "--label", "com.docker.compose.depends_on=db:service_healthy:false",
             "-e", "APP_MODE=production", "-e", "APP_SECRET=s3cr3t", "-w", "/srv", "--restart", "unless-stopped", "--memory", "64m",
-            "--health-cmd", "test -d /srv/files", "--health-interval", "1s", "-v", &format!("{p}_files:/srv/files"),
-            TEST_IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done",
-        ]);
+            "--health-cmd", "test -d /srv/files", "--health-interval", "1s", "-v", &app_files,
+        ];
+        app.extend_from_slice(app_args);
+        app.extend([TEST_IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]);
+        docker(&app);
         let stack = Stack { config: work.join("stackvault.yaml"), work, project };
         std::fs::write(
             &stack.config,
@@ -262,4 +270,97 @@ fn beside_the_original_under_another_project_and_back_to_last_night_with_replace
 
     remove_stack(&copy);
     stack.cleanup();
+}
+
+/// What drills left on this engine: containers, volumes and networks with the drill label.
+fn drill_leftovers() -> String {
+    ["ps -a -q --filter label=stackvault.drill", "volume ls -q --filter label=stackvault.drill", "network ls -q --filter label=stackvault.drill"]
+        .iter()
+        .map(|cmd| docker(&cmd.split(' ').collect::<Vec<_>>()))
+        .filter(|out| !out.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn drill(config: &std::path::Path, snapshot: &str, json: bool) -> std::process::Output {
+    run(stackvault(config).args(["verify", &format!("--drill={snapshot}")]).args(json.then_some("--json")))
+}
+
+#[test]
+fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_even_when_killed() {
+    let stack = Stack::create_with("stkd", &["--label", "stackvault.drill-check=grep -q proof /srv/files/drill-proof.txt"]);
+    let p = stack.project.clone();
+    let proof = volume_dir(&format!("{p}_files")).join("drill-proof.txt");
+    std::fs::write(&proof, "proof\n").unwrap();
+    ok(stackvault(&stack.config).arg("backup"));
+    let good = snapshot_ids(&stack.work.join("repo")).pop().unwrap();
+
+    // The database loads with the rows counted at backup, the app's check passes; nothing is left,
+    // and the original runs on.
+    let out = drill(&stack.config, &good, true);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = report["drill"]["checks"].as_array().unwrap();
+    let check = |name: &str| checks.iter().find(|c| c["what"].as_str().unwrap().starts_with(name)).unwrap_or_else(|| panic!("no check {name}: {checks:?}")).clone();
+    assert_eq!(check("rows of dump")["detail"], "3 rows in 1 tables, as at backup", "{checks:?}");
+    assert_eq!(check(&format!("drill-check of {p}-app-1"))["passed"], true);
+    assert_eq!(report["drill"]["snapshot"], good.as_str());
+    assert!(report["drill"]["project"].as_str().unwrap().starts_with("svdrill-"));
+    assert_eq!(drill_leftovers(), "", "the drill left objects behind");
+    assert_eq!(health("", &format!("{p}-app-1")), "true healthy");
+    assert_eq!(health("", &format!("{p}-db-1")), "true healthy");
+
+    // A snapshot whose app fails its drill-check fails the drill, named.
+    std::fs::remove_file(&proof).unwrap();
+    ok(stackvault(&stack.config).arg("backup"));
+    let without = snapshot_ids(&stack.work.join("repo")).into_iter().find(|id| *id != good).unwrap();
+    let out = drill(&stack.config, &without, false);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("the drill of snapshot {without}")) && said.contains(&format!("drill-check of {p}-app-1")), "{said}");
+    assert_eq!(drill_leftovers(), "");
+
+    // A dump altered so that it no longer loads: every object is present and every hash right, so
+    // only the drill finds it, and names the snapshot.
+    let altered = craft::alter_dump(&stack.work.join("repo"), &good, |dump| {
+        let text = String::from_utf8(dump).unwrap();
+        let at = text.find("INSERT INTO").expect("the dump inserts rows");
+        format!("{}THIS IS NOT SQL;\n{}", &text[..at], &text[at..]).into_bytes()
+    });
+    ok(stackvault(&stack.config).args(["verify", "--read-data"]));
+    let out = drill(&stack.config, &altered, false);
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("the drill of snapshot {altered}")) && said.contains("restore: ") && said.contains("ERROR"), "{said}");
+    assert_eq!(drill_leftovers(), "");
+
+    // Killed (SIGKILL) while its containers run: the next drill removes them first, then passes.
+    let mut killed = stackvault(&stack.config).args(["verify", &format!("--drill={good}")]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    for _ in 0..600 {
+        if !docker(&["ps", "-q", "--filter", "label=stackvault.drill", "--filter", "status=running"]).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Cut off while it runs: its networks internal, no host port, no restart policy.
+    let networks = docker(&["network", "ls", "-q", "--filter", "label=stackvault.drill"]);
+    for network in networks.lines() {
+        assert_eq!(docker(&["network", "inspect", "-f", "{{.Internal}}", network]), "true");
+    }
+    for container in docker(&["ps", "-a", "-q", "--filter", "label=stackvault.drill"]).lines() {
+        let host = docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}} {{len .HostConfig.PortBindings}} {{.HostConfig.Privileged}}", container]);
+        assert!(host == "no 0 false" || host == " 0 false", "{container}: {host}");
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_ne!(drill_leftovers(), "", "the killed drill had started containers");
+    let out = run(stackvault(&stack.config).args(["verify", &format!("--drill={good}")]));
+    let said = text(&out.stdout);
+    assert!(out.status.success() && said.contains("removed what an earlier, interrupted drill left"), "{said}\n{}", text(&out.stderr));
+    assert_eq!(drill_leftovers(), "");
+    stack.cleanup();
+}
+
+fn snapshot_ids(repo: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(repo.join("snapshots")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }

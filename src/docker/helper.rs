@@ -128,7 +128,7 @@ impl Owner {
 
     /// Whether `self` still runs, as far as `me` can tell: a process in the same place is looked up
     /// by pid and start time, one in another container is gone when that container is.
-    async fn liveness(&self, docker: &Docker, me: &Owner) -> Liveness {
+    pub async fn liveness(&self, docker: &Docker, me: &Owner) -> Liveness {
         if self.host == me.host {
             return if crate::process_start(self.pid) == Some(self.start) { Liveness::Alive } else { Liveness::Dead };
         }
@@ -142,7 +142,7 @@ impl Owner {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Liveness {
+pub enum Liveness {
     Alive,
     Dead,
     /// Runs elsewhere (another container that still runs, another host): the graces decide.

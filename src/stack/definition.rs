@@ -109,6 +109,52 @@ pub struct ImageDefinition {
 /// Networks every engine has; never created nor removed by a restore.
 pub const ENGINE_NETWORKS: [&str; 3] = ["bridge", "host", "none"];
 
+impl StackDefinition {
+    /// Cuts the stack off from everything but itself, for a restore drill: networks internal (no
+    /// route out) and without fixed subnets or addresses (the original holds them), the engine's own
+    /// networks and another container's namespace replaced by none, no host ports, no restart
+    /// policy (a killed drill's containers do not come back), volumes local (a driver's options
+    /// could name the original's NFS share), no privileges, devices or host namespaces (whoever can
+    /// write to the storage can write a definition), and every object labelled with `labels` and
+    /// with `original_label` naming the container it copies.
+    pub fn isolate(&mut self, labels: &BTreeMap<String, String>, original_label: &str) {
+        for network in &mut self.networks {
+            network.internal = true;
+            network.subnets.clear();
+            network.labels.extend(labels.clone());
+        }
+        for volume in &mut self.volumes {
+            volume.driver = "local".into();
+            volume.options.clear();
+            volume.labels.extend(labels.clone());
+        }
+        for container in &mut self.containers {
+            let container_labels = container.config.labels.get_or_insert_default();
+            container_labels.extend(labels.clone());
+            container_labels.insert(original_label.to_string(), container.name.clone());
+            for endpoint in container.networks.values_mut() {
+                endpoint.ipv4_address = None;
+                endpoint.ipv6_address = None;
+            }
+            let host = &mut container.host_config;
+            host.port_bindings = None;
+            host.publish_all_ports = Some(false);
+            host.restart_policy = None;
+            host.privileged = Some(false);
+            host.cap_add = None;
+            host.devices = None;
+            host.device_requests = None;
+            for mode in [&mut host.pid_mode, &mut host.ipc_mode, &mut host.uts_mode, &mut host.userns_mode] {
+                *mode = None;
+            }
+            let mode = host.network_mode.clone().unwrap_or_default();
+            if !container.networks.contains_key(&mode) {
+                host.network_mode = Some(container.networks.keys().next().cloned().unwrap_or_else(|| "none".into()));
+            }
+        }
+    }
+}
+
 /// Inspects `containers` (names) and what they use; the sidecar's own container (`own_id`) is none of
 /// the stack's: a restore has its own stackvault.
 /// A container's compose project and service, where it has them.

@@ -88,6 +88,14 @@ impl Plan {
         Rename { old: self.original_project.as_deref(), new: project }.name(name)
     }
 
+    /// What the plan would keep, replace or reuse that exists on the engine already.
+    pub fn existing(&self) -> Vec<String> {
+        let mut found: Vec<String> = self.kept.iter().chain(&self.remove).map(|c| format!("container {c}")).collect();
+        found.extend(self.networks.iter().filter(|(_, exists)| *exists).map(|(n, _)| format!("network {}", n.name)));
+        found.extend(self.volumes.iter().filter(|(_, exists)| *exists).map(|(v, _)| format!("volume {}", v.name)));
+        found
+    }
+
     /// Lines for the user: what will be created, loaded, started, in which order, and what exists already.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();

@@ -56,7 +56,10 @@ pub async fn restore(
     let (repo, snapshot, identities) = repo;
 
     let wanted: Vec<String> = options.only.iter().filter_map(|o| if let Only::Container(c) = o { Some(c.clone()) } else { None }).collect();
-    let definition = narrow(definition, &wanted)?;
+    let mut definition = narrow(definition, &wanted)?;
+    if let Some(labels) = &options.isolate {
+        definition.isolate(labels, crate::drill::ORIGINAL_LABEL);
+    }
     let images_in_snapshot = snapshot.sources.iter().filter_map(|s| s.image.as_ref().map(|i| i.id.clone())).collect();
     let project = options.project.clone().or(definition.project.clone()).unwrap_or_else(|| snapshot.stack.clone());
     let bind_root = config.state_dir().join("restored").join(&project);
@@ -64,6 +67,13 @@ pub async fn restore(
     let plan_options = PlanOptions { project: options.project.as_deref(), replace: options.replace, bind_root: &bind_root, images_in_snapshot, volumes_with_data };
     let plan = plan::plan(&definition, &target, &plan_options);
     let described = plan.describe();
+    let existing = plan.existing();
+    if options.isolate.is_some() && !existing.is_empty() {
+        return Err(Error::Usage(format!(
+            "a drill creates the whole stack anew under project {project}, and snapshot {snapshot_id}'s would reuse what exists here: {} (its containers are not named after one compose project, or it mounts anonymous volumes); restore it onto another engine with --docker-host instead",
+            existing.join(", ")
+        )));
+    }
     if options.dry_run {
         return Ok(RestoreOutcome { snapshot: snapshot_id, restored: Vec::new(), plan: described, containers: BTreeMap::new(), recovery: None });
     }

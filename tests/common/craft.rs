@@ -136,3 +136,31 @@ impl Craft {
         self.repo.save_snapshot(&snapshot).unwrap().hex()
     }
 }
+
+/// Stores beside `snapshot` (in the plaintext repository at `repo_dir`) a copy whose first database
+/// dump is `edit`ed, its new blob packed as a backup would pack it: the copy verifies (every object
+/// present, every hash right), yet its dump is not the one taken. Returns the copy's id.
+pub fn alter_dump(repo_dir: &Path, snapshot: &str, edit: impl Fn(Vec<u8>) -> Vec<u8>) -> String {
+    let repo = Repository::open(Arc::new(FilesystemStorage::open(repo_dir).unwrap())).unwrap();
+    let (_, mut manifest) = repo.find_snapshot(snapshot).unwrap();
+    let index = repo.load_index().unwrap();
+    let mut reader = stackvault::repo::pack::BlobReader::new(&repo, &index, None).unwrap();
+    let source = manifest.sources.iter_mut().find(|s| s.dump.as_ref().is_some_and(|d| d.database.is_some())).expect("a database dump");
+    let mut dump = Vec::new();
+    for chunk in &source.root.content {
+        dump.extend(reader.read(chunk).unwrap());
+    }
+    let altered = edit(dump);
+    let id = Id::of(&altered);
+    let mut packer = Packer::start(&repo, vec![], std::sync::mpsc::channel().0);
+    packer.add(id, BlobKind::Data, altered.clone()).unwrap();
+    let report = packer.finish().unwrap();
+    manifest.summary.bytes = manifest.summary.bytes - source.bytes + altered.len() as u64;
+    source.bytes = altered.len() as u64;
+    source.root.content = vec![id];
+    source.root.size = altered.len() as u64;
+    manifest.packs.extend(report.packs);
+    manifest.packs.sort();
+    manifest.packs.dedup();
+    repo.save_snapshot(&manifest).unwrap().hex()
+}

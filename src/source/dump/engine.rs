@@ -578,6 +578,39 @@ pub async fn prepare_restore(target: &RestoreTarget<'_>, force: bool) -> Result<
     Ok(Some(format!("database {database} in {}: replaced ({tables} tables dropped, --force)", target.shell.place())))
 }
 
+/// Rows per table as the server holds them now, for the tables a dump's check counted (keys
+/// `database.table` for MariaDB/MySQL, `schema.table` for PostgreSQL), in their order: what a drill
+/// compares with the counts recorded at backup time.
+pub async fn count_rows(target: &RestoreTarget<'_>, tables: &[&str]) -> Result<Vec<u64>, DockerError> {
+    let purpose = format!("counting rows in {}", target.shell.place());
+    let output = match target.engine {
+        DumpEngine::Postgres => {
+            // A schema has no dot in the keys pgcustom writes; a table may.
+            let sql: String = tables
+                .iter()
+                .map(|key| {
+                    let (schema, table) = key.split_once('.').unwrap_or(("public", key));
+                    format!("SELECT count(*) FROM {}.{};\n", pg_identifier(schema), pg_identifier(table))
+                })
+                .collect();
+            target.query(&format!("exec psql -X -A -t -q -v ON_ERROR_STOP=1 -d \"$SV_CONNINFO\" <<'SQL'\n{sql}SQL"), &purpose).await?
+        }
+        DumpEngine::MariaDb | DumpEngine::MySql => {
+            let database = target.database.unwrap_or_default();
+            let prefix = format!("{database}.");
+            let sql: Vec<String> =
+                tables.iter().map(|key| format!("SELECT COUNT(*) FROM {}.{}", sql_identifier(database), sql_identifier(key.strip_prefix(&prefix).unwrap_or(key)))).collect();
+            target.query(&format!("{MYSQL_TOOLS}exec \"$c\" -u\"$SV_USER\" \"$@\" -N -B -e {}", crate::docker::exec::shell_quote(&sql.join("; "))), &purpose).await?
+        }
+        DumpEngine::Command => return Ok(Vec::new()),
+    };
+    let counts: Vec<u64> = output.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap_or(u64::MAX)).collect();
+    if counts.len() != tables.len() || counts.contains(&u64::MAX) {
+        return Err(DockerError::Exec { place: target.shell.place(), purpose, message: format!("expected {} counts, got: {}", tables.len(), output.trim()) });
+    }
+    Ok(counts)
+}
+
 /// The exec that loads a dump from its stdin.
 pub fn restore_script(target: &RestoreTarget<'_>, purpose: &str) -> ExecSpec {
     let (prelude, env) = target.env();
@@ -592,6 +625,11 @@ pub fn restore_script(target: &RestoreTarget<'_>, purpose: &str) -> ExecSpec {
         (_, _) => format!("{prelude}{MYSQL_TOOLS}{MYSQL_SANDBOX}exec \"$c\" -u\"$SV_USER\" \"$@\" $s"),
     };
     ExecSpec { shell: target.shell.clone(), script, env, stdin: true, purpose: purpose.to_string() }
+}
+
+/// A PostgreSQL identifier, quoted.
+fn pg_identifier(value: &str) -> String {
+    format!("\"{}\"", value.replace('"', "\"\""))
 }
 
 /// A MariaDB/MySQL string: as hex, so that no sql_mode (NO_BACKSLASH_ESCAPES) changes its meaning.

@@ -554,6 +554,17 @@ pub struct Loader {
     pub restore_command: Option<String>,
 }
 
+/// Per table the dump's check counted at backup time: its name, that count, and the rows the server
+/// `shell` reaches holds now (after a restore, the same).
+pub fn count_rows(handle: &Handle, shell: &Shell, record: &DumpRecord, loader: &Loader) -> Result<Vec<(String, u64, u64)>, crate::Error> {
+    let engine = DumpEngine::parse(&record.engine).map_err(|e| crate::Error::Usage(format!("dump of {}: {e}", record.container)))?;
+    let format = engine::DumpFormat::parse(&record.format).map_err(|e| crate::Error::Usage(format!("dump of {}: {e}", record.container)))?;
+    let target = engine::RestoreTarget { shell, engine, format, login: &loader.login, database: record.database.as_deref(), restore_command: None };
+    let tables: Vec<&str> = record.tables.keys().map(String::as_str).collect();
+    let now = handle.block_on(engine::count_rows(&target, &tables))?;
+    Ok(record.tables.iter().zip(now).map(|((table, recorded), now)| (table.clone(), *recorded, now)).collect())
+}
+
 /// Loads a dump back into the server `shell` reaches: `send` writes the stored stream into the
 /// restore command's stdin.
 pub fn restore(
