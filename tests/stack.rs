@@ -349,7 +349,7 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
     }
     for container in docker(&["ps", "-a", "-q", "--filter", "label=stackvault.drill"]).lines() {
         let host = docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}} {{len .HostConfig.PortBindings}} {{.HostConfig.Privileged}}", container]);
-        assert!(host == "no 0 false" || host == " 0 false", "{container}: {host}");
+        assert!(host == "no 0 false" || host == "0 false", "{container}: {host}");
     }
     killed.kill().unwrap();
     killed.wait().unwrap();
