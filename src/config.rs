@@ -181,14 +181,21 @@ pub struct VerifyConfig {
     /// The share of the packs each run reads back (`10%`, rotating: every pack within 10 runs); default 10%.
     #[serde(default, deserialize_with = "percent")]
     pub read_data: Option<u32>,
+    /// When the daemon drills the stack's newest snapshot (`verify --drill`, e.g. weekly); off
+    /// unless `drill.cron` is set.
+    #[serde(default)]
+    pub drill: Option<ScheduleConfig>,
 }
 
 impl VerifyConfig {
     /// The schedule, where one is set.
     pub fn schedule(&self) -> Option<Result<Schedule, String>> {
-        let schedule = self.schedule.as_ref()?;
-        schedule.cron.as_ref()?;
-        Some(schedule.schedule())
+        set_schedule(&self.schedule)
+    }
+
+    /// The drills' schedule, where one is set.
+    pub fn drill_schedule(&self) -> Option<Result<Schedule, String>> {
+        set_schedule(&self.drill)
     }
 
     pub fn read_data(&self) -> u32 {
@@ -264,6 +271,13 @@ pub struct ScheduleConfig {
     /// A random delay up to this long before each run.
     #[serde(default, deserialize_with = "duration")]
     pub jitter: Option<std::time::Duration>,
+}
+
+/// A schedule given by its cron line; `None` without one.
+fn set_schedule(schedule: &Option<ScheduleConfig>) -> Option<Result<Schedule, String>> {
+    let schedule = schedule.as_ref()?;
+    schedule.cron.as_ref()?;
+    Some(schedule.schedule())
 }
 
 impl ScheduleConfig {

@@ -189,29 +189,18 @@ fn check_copies(
 }
 
 /// Removes one drill's containers (with their anonymous volumes), volumes, networks and bind-mount
-/// copies; returns what could not be removed.
+/// copies; returns what could not be removed. Passes repeat until one finds nothing: a restore cut
+/// short by a signal may still be creating objects while the first pass removes.
 pub async fn remove_drill(docker: &Docker, project: &str, config: &Config) -> Vec<String> {
     let mut left = Vec::new();
-    let filters = HashMap::from([("label".to_string(), vec![format!("{DRILL_LABEL}={project}")])]);
-    let listed = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await;
-    for c in listed.unwrap_or_default() {
-        let Some(id) = c.id else { continue };
-        let remove = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        if let Err(e) = docker.remove_container(&id, Some(remove)).await {
-            left.push(format!("container {id}: {e}"));
+    for pass in 0..5 {
+        if pass > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-    }
-    let volumes = docker.list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build())).await;
-    for volume in volumes.ok().and_then(|v| v.volumes).unwrap_or_default() {
-        if let Err(e) = docker.remove_volume(&volume.name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
-            left.push(format!("volume {}: {e}", volume.name));
-        }
-    }
-    let networks = docker.list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build())).await;
-    for network in networks.unwrap_or_default() {
-        let name = network.name.unwrap_or_default();
-        if let Err(e) = docker.remove_network(&name).await {
-            left.push(format!("network {name}: {e}"));
+        let (found, failed) = remove_drill_once(docker, project).await;
+        left = failed;
+        if found == 0 {
+            break;
         }
     }
     let binds = config.state_dir().join("restored").join(project);
@@ -223,14 +212,78 @@ pub async fn remove_drill(docker: &Docker, project: &str, config: &Config) -> Ve
     left
 }
 
+/// One pass: how many objects it found, and those it could not remove.
+async fn remove_drill_once(docker: &Docker, project: &str) -> (usize, Vec<String>) {
+    let (mut found, mut left) = (0, Vec::new());
+    let filters = HashMap::from([("label".to_string(), vec![format!("{DRILL_LABEL}={project}")])]);
+    let listed = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await;
+    for c in listed.unwrap_or_default() {
+        let Some(id) = c.id else { continue };
+        found += 1;
+        let remove = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        if let Err(e) = docker.remove_container(&id, Some(remove)).await {
+            left.push(format!("container {id}: {e}"));
+        }
+    }
+    let volumes = docker.list_volumes(Some(ListVolumesOptionsBuilder::default().filters(&filters).build())).await;
+    for volume in volumes.ok().and_then(|v| v.volumes).unwrap_or_default() {
+        found += 1;
+        if let Err(e) = docker.remove_volume(&volume.name, Some(RemoveVolumeOptionsBuilder::default().force(true).build())).await {
+            left.push(format!("volume {}: {e}", volume.name));
+        }
+    }
+    let networks = docker.list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build())).await;
+    for network in networks.unwrap_or_default() {
+        let name = network.name.unwrap_or_default();
+        found += 1;
+        if let Err(e) = docker.remove_network(&name).await {
+            left.push(format!("network {name}: {e}"));
+        }
+    }
+    (found, left)
+}
+
 /// Removes what drills whose process is gone left behind (killed before they could clean up);
 /// returns the projects removed. Those of a drill that runs, here or elsewhere, stay.
 pub async fn remove_stale(docker: &Docker, me: &Owner, config: &Config) -> Result<Vec<String>, DockerError> {
+    let mut removed = Vec::new();
+    for (project, owner) in drills(docker).await? {
+        // Without an owner it was not made by a drill of this version: left alone.
+        let Some(owner) = owner else { continue };
+        if owner.liveness(docker, me).await == Liveness::Dead {
+            remove_drill(docker, &project, config).await;
+            removed.push(project);
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the drills of this process (a daemon abandoning its run on a signal); returns what it
+/// could not remove.
+pub async fn abandon(config: &Config) -> Vec<String> {
+    let Ok(docker) = crate::docker::connect(config.docker.host.as_deref()).await else { return Vec::new() };
+    let pid = std::process::id();
+    let start = crate::process_start(pid).unwrap_or(0);
+    let mut left = Vec::new();
+    match drills(&docker).await {
+        Err(e) => left.push(e.to_string()),
+        Ok(drills) => {
+            for (project, _) in drills.into_iter().filter(|(_, owner)| owner.as_ref().is_some_and(|o| o.pid == pid && o.start == start)) {
+                left.extend(remove_drill(&docker, &project, config).await);
+            }
+        }
+    }
+    left
+}
+
+/// Every drill's project on the engine, with its owner where its objects name one.
+async fn drills(docker: &Docker) -> Result<BTreeMap<String, Option<Owner>>, DockerError> {
     let filters = HashMap::from([("label".to_string(), vec![DRILL_LABEL.to_string()])]);
-    let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut owners: BTreeMap<String, Option<Owner>> = BTreeMap::new();
     let mut note = |labels: Option<&HashMap<String, String>>| {
         if let Some(project) = labels.and_then(|l| l.get(DRILL_LABEL)) {
-            owners.entry(project.clone()).or_insert_with(|| labels.and_then(|l| l.get(OWNER_LABEL)).cloned());
+            let owner = labels.and_then(|l| l.get(OWNER_LABEL)).and_then(|o| Owner::parse(o));
+            owners.entry(project.clone()).or_insert(owner);
         }
     };
     let containers = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await.map_err(DockerError::api("listing drill containers"))?;
@@ -239,17 +292,5 @@ pub async fn remove_stale(docker: &Docker, me: &Owner, config: &Config) -> Resul
     volumes.volumes.iter().flatten().for_each(|v| note(Some(&v.labels)));
     let networks = docker.list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build())).await.map_err(DockerError::api("listing drill networks"))?;
     networks.iter().for_each(|n| note(n.labels.as_ref()));
-    let mut removed = Vec::new();
-    for (project, owner) in owners {
-        let gone = match owner.as_deref().and_then(Owner::parse) {
-            Some(owner) => owner.liveness(docker, me).await == Liveness::Dead,
-            // Without an owner it was not made by a drill of this version: left alone.
-            None => false,
-        };
-        if gone {
-            remove_drill(docker, &project, config).await;
-            removed.push(project);
-        }
-    }
-    Ok(removed)
+    Ok(owners)
 }

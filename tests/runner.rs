@@ -512,3 +512,56 @@ fn a_second_run_is_refused_with_the_holder_and_a_killed_holder_is_taken_over() {
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
 }
+
+#[test]
+fn the_daemon_drills_on_its_own_schedule_and_alerts_a_failed_drill() {
+    let work = scratch("drill-daemon");
+    let project = unique("svdd");
+    let volume = format!("{project}_files");
+    compose_volume(&project, &volume);
+    std::fs::write(volume_dir(&volume).join("proof"), "restored\n").unwrap();
+    let app = format!("{project}-app-1");
+    docker(&[
+        "run", "-d", "--name", &app, "--network", "none", "--label", &format!("com.docker.compose.project={project}"),
+        "--label", "com.docker.compose.service=app", "--label", "stackvault.drill-check=grep -q restored /data/proof",
+        "-v", &format!("{volume}:/data"), TEST_IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let port = free_port();
+    let hooks = Receiver::start();
+    let body = format!(
+        "{}cache_dir: {}\nschedule:\n  cron: \"{}\"\nverify:\n  drill:\n    cron: \"*/4 * * * * *\"\nlisten: 127.0.0.1:{port}\nalerts:\n  webhooks:\n    - url: {}\n",
+        stack_yaml(&project, &work.join("repo")),
+        work.join("cache").display(),
+        cron_in(3600),
+        hooks.url()
+    );
+    let config = write_config(&work, &body);
+    ok(stackvault(&config).arg("init"));
+    ok(stackvault(&config).arg("backup"));
+    let mut daemon = Daemon::start(&config, &work.join("daemon.log"));
+    let drilled = |samples: &[serde_json::Value]| Some((sample(samples, "stackvault_drill_last_timestamp_seconds", &[])?, sample(samples, "stackvault_drill_passed", &[])?));
+    wait_for("a drill that passes", Duration::from_secs(60), || (drilled(&metrics(port))?.1 == 1.0).then_some(()));
+    assert!(hooks.kinds().is_empty(), "a drill that passed alerted: {:?}\n{}", hooks.kinds(), daemon.log());
+    assert!(daemon.log().contains("drill.success"), "{}", daemon.log());
+
+    // The app's data no longer holds what its check wants: the next night's snapshot fails its drill.
+    std::fs::remove_file(volume_dir(&volume).join("proof")).unwrap();
+    ok(stackvault(&config).arg("backup"));
+    wait_for("a drill that fails", Duration::from_secs(60), || (drilled(&metrics(port))?.1 == 0.0).then_some(()));
+    let alert = wait_for("its failure alert", Duration::from_secs(10), || hooks.bodies.lock().unwrap().iter().find(|b| b["kind"] == "failure").cloned());
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(summary.contains("the drill of snapshot") && summary.contains(&format!("drill-check of {app}")), "{alert}");
+
+    // Stopped (SIGTERM), maybe mid-drill: nothing of a drill stays on the engine.
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0), "{}", daemon.log());
+    for what in ["ps -a -q", "volume ls -q", "network ls -q"] {
+        let mut args: Vec<&str> = what.split(' ').collect();
+        args.extend(["--filter", "label=stackvault.drill"]);
+        assert_eq!(docker(&args), "", "docker {what}: a drill's objects were left\n{}", daemon.log());
+    }
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app]), "true", "the original runs on");
+    remove_project_containers(&project);
+    let _ = Command::new("docker").args(["volume", "rm", &volume]).output();
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -33,6 +33,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let verify_schedule = config.verify.schedule().transpose().map_err(|e| Error::Usage(format!("verify.schedule in {}: {e}", config.origin)))?;
     let next_verify_after = |after: SystemTime| verify_schedule.as_ref().and_then(|s| s.next_after(after));
     let mut next_verify = next_verify_after(SystemTime::now());
+    let drill_schedule = config.verify.drill_schedule().transpose().map_err(|e| Error::Usage(format!("verify.drill in {}: {e}", config.origin)))?;
+    if drill_schedule.is_some() && !config.encryption.recipients.is_empty() {
+        return Err(Error::Usage(format!(
+            "verify.drill in {}: a drill restores, and the repository is encrypted to recipients whose identity the sidecar never holds; run drills where the identity is (stackvault verify --drill --identity FILE), or remove verify.drill",
+            config.origin
+        )));
+    }
+    let next_drill_after = |after: SystemTime| drill_schedule.as_ref().and_then(|s| s.next_after(after));
+    let mut next_drill = next_drill_after(SystemTime::now());
     let figures = serde_json::json!({
         "schedule": schedule.describe(),
         "next_run": next.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
@@ -41,7 +50,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     runner.log.event(Level::Info, "", "daemon.start", "waiting for the next scheduled run", figures);
     loop {
         let now = SystemTime::now();
-        let wake = [next, next_verify].into_iter().flatten().fold(next_retry, SystemTime::min);
+        let wake = [next, next_verify, next_drill].into_iter().flatten().fold(next_retry, SystemTime::min);
         let nap = wake.duration_since(now).unwrap_or_default().min(CLOCK_CHECK);
         let signalled = tokio::select! {
             _ = tokio::time::sleep(nap) => None,
@@ -56,7 +65,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let scheduled = next.is_some_and(|n| n <= now);
         // A backup due at the same time goes first; the verification then sees its snapshot.
         let verifying = !scheduled && next_verify.is_some_and(|n| n <= now);
-        if !scheduled && !verifying && next_retry > now {
+        let drilling = !scheduled && !verifying && next_drill.is_some_and(|n| n <= now);
+        if !scheduled && !verifying && !drilling && next_retry > now {
             continue;
         }
         let id = run_id();
@@ -69,6 +79,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 let _ = runner.run(&id).await;
             } else if verifying {
                 let _ = runner.verify(&id).await;
+            } else if drilling {
+                let _ = runner.drill(&id).await;
             } else {
                 runner.retry_pending(&id).await;
             }
@@ -91,7 +103,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         if verifying {
             next_verify = next_verify_after(SystemTime::now());
         }
-        if !verifying {
+        if drilling {
+            next_drill = next_drill_after(SystemTime::now());
+        }
+        if !verifying && !drilling {
             next_retry = SystemTime::now() + config.retry.interval();
         }
     }
@@ -125,7 +140,11 @@ fn locked(runner: &Runner, config: &Config, id: &str) -> Option<RunLock> {
 /// A run cut short by a signal: what it left on the engine is undone, its lock released. Its work
 /// (a blocking thread) ends with the process; no manifest was written, so it left no snapshot.
 async fn abandon(runner: &Runner, config: &Config, id: &str, signal_name: &str) {
-    let cleanup = crate::docker::abandon_run(config.docker.host.as_deref(), config.state_dir());
+    let cleanup = async {
+        let mut problems = crate::docker::abandon_run(config.docker.host.as_deref(), config.state_dir()).await;
+        problems.extend(crate::drill::abandon(config).await);
+        problems
+    };
     let problems = tokio::time::timeout(Duration::from_secs(60), cleanup).await.unwrap_or_else(|_| vec!["cleaning up took longer than 60 s".into()]);
     super::lock::release_held();
     let message = format!("{signal_name}: the run was abandoned; no snapshot was written, the next run reuses what was stored");

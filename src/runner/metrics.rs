@@ -14,6 +14,9 @@
 //! - `stackvault_healthy` (gauge, 1 or 0: the health rule at scrape time)
 //! - `stackvault_verify_last_timestamp_seconds`, `stackvault_verify_broken_snapshots` (gauges: the
 //!   daemon's last verification run and the snapshots it found broken; no sample before the first)
+//! - `stackvault_drill_last_timestamp_seconds`, `stackvault_drill_passed`,
+//!   `stackvault_drill_duration_seconds` (gauges: the daemon's last restore drill, 1 when every
+//!   check passed, else 0; no sample before the first)
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -77,6 +80,8 @@ struct State {
     lost: u64,
     /// The last verification: when it ended, and how many snapshots (and unreadable objects) it found broken.
     verified: Option<(SystemTime, u64)>,
+    /// The last drill: when it ended, whether it passed, how long it took.
+    drilled: Option<(SystemTime, bool, Duration)>,
 }
 
 impl Metrics {
@@ -115,6 +120,10 @@ impl Metrics {
 
     pub fn record_verify(&self, finished: SystemTime, broken: u64) {
         self.state().verified = Some((finished, broken));
+    }
+
+    pub fn record_drill(&self, finished: SystemTime, passed: bool, took: Duration) {
+        self.state().drilled = Some((finished, passed, took));
     }
 
     pub fn set_pending(&self, pending: Pending) {
@@ -204,6 +213,10 @@ impl Metrics {
         family("stackvault_verify_last_timestamp_seconds", "gauge", "Unix time the daemon's last verification run ended.", &verified);
         let broken: Vec<(&str, String)> = state.verified.iter().map(|(_, n)| ("", n.to_string())).collect();
         family("stackvault_verify_broken_snapshots", "gauge", "Snapshots (and unreadable objects) the last verification run found broken.", &broken);
+        let drilled = |value: &dyn Fn(&(SystemTime, bool, Duration)) -> String| -> Vec<(&str, String)> { state.drilled.iter().map(|d| ("", value(d))).collect() };
+        family("stackvault_drill_last_timestamp_seconds", "gauge", "Unix time the daemon's last restore drill ended.", &drilled(&|(at, _, _)| timestamp(Some(*at))));
+        family("stackvault_drill_passed", "gauge", "1 when every check of the last restore drill passed, else 0.", &drilled(&|(_, passed, _)| u8::from(*passed).to_string()));
+        family("stackvault_drill_duration_seconds", "gauge", "How long the last restore drill took, removal included.", &drilled(&|(_, _, took)| format!("{:.3}", took.as_secs_f64())));
         out
     }
 

@@ -385,6 +385,42 @@ impl Runner {
         result
     }
 
+    /// The daemon's restore drill of the stack's newest snapshot (`verify.drill`), under the lock the
+    /// caller holds; a failed drill is alerted and shows in the metrics.
+    pub async fn drill(&self, run_id: &str) -> Result<crate::drill::DrillReport, Error> {
+        self.log.event(Level::Info, run_id, "drill.start", "restore drill started", serde_json::json!({}));
+        let started = Instant::now();
+        let result = async {
+            let repo = crate::open_repository(&self.config)?;
+            let newest = repo.snapshots()?.valid.into_iter().rev().find(|(_, s)| s.stack == self.stack);
+            let Some((id, _)) = newest else { return Err(Error::Usage(format!("the repository holds no snapshot of stack {} to drill", self.stack))) };
+            let snapshot = repo.snapshot(&id)?;
+            crate::drill::drill(&self.config, repo, id, snapshot, None).await
+        }
+        .await;
+        match &result {
+            Ok(report) => {
+                self.metrics.record_drill(SystemTime::now(), report.passed(), started.elapsed());
+                let details = serde_json::to_value(report).expect("a drill report serializes");
+                if report.passed() {
+                    self.log.event(Level::Info, run_id, "drill.success", &format!("the drill of snapshot {} passed", report.snapshot), details);
+                } else {
+                    let failed: Vec<String> = report.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.what, c.detail)).collect();
+                    let summary = format!("the drill of snapshot {} failed: {}", report.snapshot, failed.join("; "));
+                    self.log.event(Level::Error, run_id, "drill.failure", &summary, details.clone());
+                    self.alert(AlertKind::Failure, run_id, None, summary, details);
+                }
+            }
+            Err(e) => {
+                self.metrics.record_drill(SystemTime::now(), false, started.elapsed());
+                let summary = format!("the restore drill could not run: {e}");
+                self.log.event(Level::Error, run_id, "drill.failure", &summary, serde_json::json!({}));
+                self.alert(AlertKind::Failure, run_id, None, summary, serde_json::json!({"error": e.to_string()}));
+            }
+        }
+        result
+    }
+
     /// Waits for alerts still being delivered, at most `timeout`.
     pub async fn flush_alerts(&self, timeout: Duration) {
         self.alerter.flush(timeout).await;
