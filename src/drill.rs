@@ -51,16 +51,19 @@ pub struct DrillReport {
     pub leftovers_removed: Vec<String>,
     /// What could not be removed afterwards (the next drill tries again).
     pub left_behind: Vec<String>,
+    /// The signal that cut the drill short (its checks are then those done, and it did not pass).
+    pub interrupted: Option<&'static str>,
 }
 
 impl DrillReport {
     pub fn passed(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+        self.interrupted.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
     }
 }
 
 /// The drill of one snapshot. Fails (an error) only when it cannot start; what goes wrong once the
-/// restore has begun is a failed check of the report, after everything created is removed.
+/// restore has begun is a failed check of the report, after everything created is removed. SIGTERM
+/// or SIGINT cuts it short: what it created is removed, and the report says so.
 pub async fn drill(config: &Config, repo: Repository, snapshot_id: Id, snapshot: Snapshot, identities: Option<Identities>) -> Result<DrillReport, Error> {
     if !snapshot.sources.iter().any(|s| s.kind == SourceKind::Stack) {
         return Err(Error::Usage(format!(
@@ -86,6 +89,7 @@ pub async fn drill(config: &Config, repo: Repository, snapshot_id: Id, snapshot:
         seconds: 0.0,
         leftovers_removed,
         left_behind: Vec::new(),
+        interrupted: None,
     };
     let dumps: Vec<_> = snapshot.sources.iter().filter_map(|s| s.dump.clone().map(|d| (s.label(), d))).collect();
     let options = RestoreOptions { snapshot: snapshot_id.hex(), project: Some(project.clone()), isolate: Some(labels), ..RestoreOptions::default() };
@@ -117,11 +121,7 @@ pub async fn drill(config: &Config, repo: Repository, snapshot_id: Id, snapshot:
         _ = terminate.recv() => Some("SIGTERM"),
         _ = interrupt.recv() => Some("SIGINT"),
     };
-    if let Some(signal_name) = stopped_by {
-        let left = remove_drill(&docker, &project, config).await;
-        let left = if left.is_empty() { "all it had created removed".to_string() } else { format!("left (the next drill removes them): {}", left.join("; ")) };
-        return Err(Error::Usage(format!("drill {project} of snapshot {snapshot_id} interrupted by {signal_name}: {left}")));
-    }
+    report.interrupted = stopped_by;
     report.left_behind = remove_drill(&docker, &project, config).await;
     report.seconds = clock.elapsed().as_secs_f64();
     Ok(report)

@@ -543,7 +543,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(wanted) = &drill {
                 let repo = stackvault::open_repository(&config)?;
                 let (id, snapshot) = repo.find_snapshot(wanted)?;
-                report.drill = Some(stackvault::drill::drill(&config, repo, id, snapshot, drill_identities).await?);
+                let drilled = stackvault::drill::drill(&config, repo, id, snapshot, drill_identities).await?;
+                if let Some(signal_name) = drilled.interrupted {
+                    let left = if drilled.left_behind.is_empty() { "everything it had created was removed".to_string() } else { format!("not removed (the next drill removes it): {}", drilled.left_behind.join("; ")) };
+                    eprintln!("interrupted by {signal_name}: the drill of snapshot {} did not finish; {left}", drilled.snapshot);
+                    std::process::exit(if signal_name == "SIGTERM" { 143 } else { 130 });
+                }
+                report.drill = Some(drilled);
             }
             if let Some(path) = &audit {
                 std::fs::write(path, stackvault::verify::html_report(&report, &context)).with_context(|| format!("writing the audit report to {}", path.display()))?;

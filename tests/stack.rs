@@ -282,6 +282,17 @@ fn drill_leftovers() -> String {
         .join("\n")
 }
 
+/// Waits until a drill's container runs.
+fn wait_for_drill_containers() {
+    for _ in 0..600 {
+        if !docker(&["ps", "-q", "--filter", "label=stackvault.drill", "--filter", "status=running"]).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no drill container ran within a minute");
+}
+
 fn drill(config: &std::path::Path, snapshot: &str, json: bool) -> std::process::Output {
     run(stackvault(config).args(["verify", &format!("--drill={snapshot}")]).args(json.then_some("--json")))
 }
@@ -336,12 +347,7 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
 
     // Killed (SIGKILL) while its containers run: the next drill removes them first, then passes.
     let mut killed = stackvault(&stack.config).args(["verify", &format!("--drill={good}")]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    for _ in 0..600 {
-        if !docker(&["ps", "-q", "--filter", "label=stackvault.drill", "--filter", "status=running"]).is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_drill_containers();
     // Cut off while it runs: its networks internal, no host port, no restart policy.
     let networks = docker(&["network", "ls", "-q", "--filter", "label=stackvault.drill"]);
     for network in networks.lines() {
@@ -357,6 +363,15 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
     let out = run(stackvault(&stack.config).args(["verify", &format!("--drill={good}")]));
     let said = text(&out.stdout);
     assert!(out.status.success() && said.contains("removed what an earlier, interrupted drill left"), "{said}\n{}", text(&out.stderr));
+    assert_eq!(drill_leftovers(), "");
+
+    // Stopped (SIGTERM) while its containers run: it removes them itself, and exits 143.
+    let stopped = stackvault(&stack.config).args(["verify", &format!("--drill={good}")]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_drill_containers();
+    ok(Command::new("kill").args(["-TERM", &stopped.id().to_string()]));
+    let out = stopped.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("everything it had created was removed"), "{}", text(&out.stderr));
     assert_eq!(drill_leftovers(), "");
     stack.cleanup();
 }

@@ -399,6 +399,10 @@ impl Runner {
         }
         .await;
         match &result {
+            Ok(report) if report.interrupted.is_some() => {
+                let message = format!("{}: the drill was abandoned, what it had created removed", report.interrupted.unwrap_or_default());
+                self.log.event(Level::Warn, run_id, "drill.abandoned", &message, serde_json::json!({"left_behind": report.left_behind}));
+            }
             Ok(report) => {
                 self.metrics.record_drill(SystemTime::now(), report.passed(), started.elapsed());
                 let details = serde_json::to_value(report).expect("a drill report serializes");
