@@ -43,6 +43,8 @@ fn an_encrypted_repository_holds_no_plaintext_and_needs_the_right_identity() {
     assert!(text(&wrong.stderr).contains("identity does not match any recipient"), "{}", text(&wrong.stderr));
     let missing = run(stackvault(config).args(["restore", "latest", "--to"]).arg(work.join("w")));
     assert!(text(&missing.stderr).contains("--identity"), "{}", text(&missing.stderr));
+    let wrong = run(stackvault(config).args(["verify", "--read-data", "--identity"]).arg(&stranger));
+    assert!(!wrong.status.success() && text(&wrong.stderr).contains("identity does not match any recipient"), "verify with a wrong identity: {}", text(&wrong.stderr));
 
     scene.destroy();
     ok(stackvault(config).args(["restore", "latest", "--identity"]).arg(&identity));
@@ -87,6 +89,38 @@ fn two_nights(prefix: &str, big_mib: u32, small_files: u32, change_mib: usize) -
     std::fs::write(data.join("new-call.wav"), vec![7u8; change_mib << 20]).unwrap();
     ok(stackvault(&config).arg("backup"));
     (work, data, repo, config)
+}
+
+#[test]
+fn a_missing_or_truncated_pack_fails_verify_and_names_the_snapshot_it_breaks() {
+    let (work, _, repo, config) = two_nights("gone", 8, 100, 3);
+    let snapshots: serde_json::Value = serde_json::from_str(&ok(stackvault(&config).args(["snapshots", "--json"]))).unwrap();
+    let uses = |s: &serde_json::Value, pack: &str| s["snapshot"]["packs"].as_array().unwrap().iter().any(|p| p == pack);
+    let (first, second) = (&snapshots[0], &snapshots[1]);
+    let pack = files(&repo.join("packs")).into_iter().find(|p| {
+        let id = p.file_name().unwrap().to_str().unwrap();
+        uses(second, id) && !uses(first, id)
+    });
+    let pack = pack.expect("the second night stored a pack of its own");
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let original = std::fs::read(&pack).unwrap();
+    let expect_broken = |fault: &str| {
+        // Structure alone finds it: no data is read back.
+        let out = run(stackvault(&config).arg("verify"));
+        let said = text(&out.stdout);
+        assert!(!out.status.success(), "verify passed with a {fault} pack");
+        assert!(said.contains(&format!("snapshot {}: BROKEN", second["id"].as_str().unwrap())) && said.contains(&pack_id[..12]), "{fault}: {said}");
+        assert!(said.contains(&format!("snapshot {}: ok", first["id"].as_str().unwrap())), "{fault}: {said}");
+        said
+    };
+    std::fs::remove_file(&pack).unwrap();
+    expect_broken("missing");
+    std::fs::write(&pack, &original).unwrap();
+    std::fs::write(&pack, &original[..original.len() - 1]).unwrap();
+    expect_broken("truncated");
+    std::fs::write(&pack, &original).unwrap();
+    ok(stackvault(&config).args(["verify", "--read-data"]));
+    std::fs::remove_dir_all(&work).unwrap();
 }
 
 #[test]
