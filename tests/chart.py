@@ -98,7 +98,7 @@ RULE_GROUP = {"name", "labels", "interval", "query_offset", "limit", "rules", "p
 RULE = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 PROM_DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 # The kube-state-metrics series the CronJob-mode alerts use (its docs, "CronJob Metrics").
-KUBE_STATE_METRICS = {"kube_cronjob_status_last_successful_time", "kube_cronjob_created"}
+KUBE_STATE_METRICS = {"kube_cronjob_status_last_successful_time", "kube_cronjob_status_last_schedule_time", "kube_cronjob_created"}
 STACKVAULT_METRICS = set(re.findall(r"stackvault_[a-z_]+", (ROOT / "src/runner/metrics.rs").read_text()))
 
 
@@ -248,13 +248,26 @@ def check_variant(name, release, values):
     workload_identity = config["repository"].get("azure", {}).get("credential") == "workload_identity"
 
     check(("CronJob" in names) == (mode == "cronjob") and ("Deployment" in names) == (mode == "daemon"), f"{where}: workloads do not match mode {mode}")
+    verify = merged_values["verify"]
+    verify_jobs = [c for c in by_kind.get("CronJob", []) if c["metadata"]["labels"]["app.kubernetes.io/component"] == "verify"]
+    check(len(verify_jobs) == (1 if mode == "cronjob" and verify["schedule"] else 0), f"{where}: {len(verify_jobs)} verify CronJobs")
+    if mode == "daemon" and verify["schedule"]:
+        check(config.get("verify") == {"schedule": {"cron": verify["schedule"], **({"timezone": merged_values["timeZone"]} if merged_values["timeZone"] else {})}, "read_data": verify["readData"]}, f"{where}: the daemon's verify: {config.get('verify')}")
+    else:
+        check("verify" not in config, f"{where}: verify: in the config outside daemon mode")
     for cronjob in by_kind.get("CronJob", []):
         spec = cronjob["spec"]
+        verifies = cronjob in verify_jobs
         check(spec["concurrencyPolicy"] == "Forbid", f"{where}: concurrencyPolicy {spec['concurrencyPolicy']}")
         check(spec["suspend"] is merged_values["suspend"], f"{where}: suspend")
-        check(spec["schedule"] == merged_values["schedule"], f"{where}: schedule {spec['schedule']!r}")
+        check(spec["schedule"] == (verify["schedule"] if verifies else merged_values["schedule"]), f"{where}: schedule {spec['schedule']!r}")
         check(spec.get("timeZone", "") == merged_values["timeZone"], f"{where}: timeZone")
         job = spec["jobTemplate"]["spec"]
+        if verifies:
+            check(job["backoffLimit"] == 0, f"{where}: a failed verification is retried")
+            args = job["template"]["spec"]["containers"][0]["args"]
+            check(args[3:] == [f"--read-data={verify['readData']}"], f"{where}: verify args {args}")
+            continue
         check(job["backoffLimit"] == merged_values["cronjob"]["backoffLimit"], f"{where}: backoffLimit")
         fail_codes = [r["onExitCodes"]["values"] for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
         check(fail_codes == [[3, 4]], f"{where}: exits 3 (staged) and 4 (locked) must end the Job without retries: {fail_codes}")
@@ -327,8 +340,8 @@ def check_variant(name, release, values):
         source_paths = config.get("paths", [])
         for path in source_paths:
             mount = mounts.get(path)
-            if role == "init":
-                check(mount is None, f"{at}: init mounts the source {path}")
+            if role in ("init", "verify"):
+                check(mount is None, f"{at}: {role} mounts the source {path}")
                 continue
             if check(mount is not None, f"{at}: source {path} is not mounted"):
                 claim = volumes[mount["name"]]["persistentVolumeClaim"]
@@ -351,7 +364,7 @@ def check_variant(name, release, values):
         holds_identity = any(v.get("secret", {}).get("secretName") == identity_secret for v in volumes.values()) if identity_secret else False
         check(holds_identity == (role == "restore" and bool(identity_secret)), f"{at}: only the restore Job may hold the age identity")
         check(("--identity" in container["args"]) == holds_identity, f"{at}: --identity without the identity mounted, or the reverse")
-        subcommand = {"backup": "backup", "daemon": "daemon", "init": "init", "restore": "restore"}[role]
+        subcommand = {"backup": "backup", "daemon": "daemon", "init": "init", "restore": "restore", "verify": "verify"}[role]
         check(container["args"][:3] == ["-c", "/etc/stackvault/stackvault.yaml", subcommand], f"{at}: args {container['args']}")
         args_seen.append(container["args"])
         for var in container.get("env", []):

@@ -30,6 +30,10 @@
 {{- include "stackvault.fullname" . | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "stackvault.verifyCronjobName" -}}
+{{- printf "%s-verify" (include "stackvault.fullname" . | trunc 45 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "stackvault.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -174,6 +178,11 @@ src/config.rs knows, since it rejects any other (tests/chart.rs parses every ren
 {{- $_ := set $c "schedule" $schedule -}}
 {{- $_ := set $c "listen" (printf "0.0.0.0:%d" (int $v.daemon.port)) -}}
 {{- if $v.health.grace -}}{{- $_ := set $c "health" (dict "grace" $v.health.grace) -}}{{- end -}}
+{{- if $v.verify.schedule -}}
+{{- $verifySchedule := dict "cron" $v.verify.schedule -}}
+{{- if $v.timeZone -}}{{- $_ := set $verifySchedule "timezone" $v.timeZone -}}{{- end -}}
+{{- $_ := set $c "verify" (dict "schedule" $verifySchedule "read_data" $v.verify.readData) -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $c -}}
 {{- end -}}
@@ -207,10 +216,10 @@ src/config.rs knows, since it rejects any other (tests/chart.rs parses every ren
 {{- end -}}
 
 {{/*
-The pod spec of every workload: (dict "root" $ "role" "backup|daemon|init|restore" "args" (list ...)).
+The pod spec of every workload: (dict "root" $ "role" "backup|daemon|init|restore|verify" "args" (list ...)).
 Only restore mounts the sources read-write and holds the age identity. Restore and init keep their
 cache on an emptyDir, leaving the (ReadWriteOnce) state PVC and its run lock to the backups; init
-needs no sources either.
+and verify need no sources.
 */}}
 {{- define "stackvault.podSpec" -}}
 {{- $root := .root -}}
@@ -308,7 +317,7 @@ containers:
         mountPath: /run/secrets/stackvault-identity
         readOnly: true
       {{- end }}
-      {{- if and $v.sources (ne .role "init") }}
+      {{- if and $v.sources (ne .role "init") (ne .role "verify") }}
       {{- include "stackvault.sourceMounts" (list $root (not $restore)) | trim | nindent 6 }}
       {{- end }}
 volumes:
@@ -348,7 +357,7 @@ volumes:
         - key: {{ $v.restore.identity.key }}
           path: identity.txt
   {{- end }}
-  {{- if and $v.sources (ne .role "init") }}
+  {{- if and $v.sources (ne .role "init") (ne .role "verify") }}
   {{- include "stackvault.sourceVolumes" (list $root (not $restore)) | trim | nindent 2 }}
   {{- end }}
 {{- end -}}
