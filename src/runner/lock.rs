@@ -6,8 +6,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +69,8 @@ pub enum LockError {
 pub struct RunLock {
     path: PathBuf,
     holder: Holder,
-    beating: Arc<AtomicBool>,
+    /// Dropped to stop the heartbeat at once (a sleeping heartbeat would hold up every exit).
+    stop_beating: Option<std::sync::mpsc::Sender<()>>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -172,23 +171,16 @@ impl RunLock {
 
     fn start(path: PathBuf, holder: Holder) -> RunLock {
         *HELD.lock().unwrap_or_else(|p| p.into_inner()) = Some((path.clone(), holder.clone()));
-        let beating = Arc::new(AtomicBool::new(true));
+        let (stop_beating, stopped) = std::sync::mpsc::channel::<()>();
         let heartbeat = {
-            let (path, holder, beating) = (path.clone(), holder.clone(), beating.clone());
+            let (path, holder) = (path.clone(), holder.clone());
             std::thread::spawn(move || {
-                let period = LEASE / 3;
-                let mut slept = Duration::ZERO;
-                while beating.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    slept += Duration::from_millis(200);
-                    if slept >= period {
-                        slept = Duration::ZERO;
-                        renew(&path, &holder);
-                    }
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LEASE / 3) {
+                    renew(&path, &holder);
                 }
             })
         };
-        RunLock { path, holder, beating, heartbeat: Some(heartbeat) }
+        RunLock { path, holder, stop_beating: Some(stop_beating), heartbeat: Some(heartbeat) }
     }
 }
 
@@ -223,7 +215,7 @@ fn remove_if_mine(path: &Path, holder: &Holder) {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        self.beating.store(false, Ordering::Relaxed);
+        drop(self.stop_beating.take());
         if let Some(heartbeat) = self.heartbeat.take() {
             let _ = heartbeat.join();
         }

@@ -114,7 +114,8 @@ impl StackDefinition {
     /// route out) and without fixed subnets or addresses (the original holds them), the engine's own
     /// networks and another container's namespace replaced by none, no host ports, no restart
     /// policy (a killed drill's containers do not come back), volumes local (a driver's options
-    /// could name the original's NFS share), no privileges, devices or host namespaces (whoever can
+    /// could name the original's NFS share), no `volumes_from` or links (they name the original's
+    /// containers), no privileges, devices or host namespaces (whoever can
     /// write to the storage can write a definition), and every object labelled with `labels` and
     /// with `original_label` naming the container it copies.
     pub fn isolate(&mut self, labels: &BTreeMap<String, String>, original_label: &str) {
@@ -144,6 +145,9 @@ impl StackDefinition {
             host.cap_add = None;
             host.devices = None;
             host.device_requests = None;
+            // By container name, which no restore renames: the original's volumes, and its network.
+            host.volumes_from = None;
+            host.links = None;
             for mode in [&mut host.pid_mode, &mut host.ipc_mode, &mut host.uts_mode, &mut host.userns_mode] {
                 *mode = None;
             }

@@ -469,4 +469,46 @@ mod tests {
         let plan = super::plan(&definition(), &target, &replace);
         assert!(plan.kept.is_empty() && plan.remove == ["cc-app-1"] && plan.containers.len() == 2, "{:?} {:?}", plan.kept, plan.remove);
     }
+
+    #[test]
+    fn a_drill_copy_is_cut_off_and_touches_nothing_that_exists_or_refuses() {
+        let mut original = definition();
+        let app = &mut original.containers[0].host_config;
+        app.privileged = Some(true);
+        app.volumes_from = Some(vec!["cc-db-1".into()]);
+        app.pid_mode = Some("host".into());
+        app.restart_policy = Some(bollard::models::RestartPolicy { name: Some(bollard::models::RestartPolicyNameEnum::ALWAYS), maximum_retry_count: None });
+        original.containers[1].host_config.network_mode = Some("host".into());
+        original.containers[1].networks.clear();
+        original.networks[0].subnets = vec![super::super::definition::Subnet { subnet: "10.9.0.0/24".into(), gateway: None }];
+        original.volumes[0].driver = "local".into();
+        original.volumes[0].options = BTreeMap::from([("type".to_string(), "nfs".to_string()), ("device".to_string(), ":/exports/cc".to_string())]);
+        let labels = BTreeMap::from([("stackvault.drill".to_string(), "svdrill-x".to_string())]);
+        let mut drill = original.clone();
+        drill.isolate(&labels, "stackvault.drill.original");
+
+        // The original runs here: the copy, under its own project, reuses none of it.
+        let target = TargetState { containers: BTreeMap::from([("cc-app-1".to_string(), true), ("cc-db-1".to_string(), true)]), networks: BTreeSet::from(["cc_default".to_string()]), volumes: BTreeSet::from(["cc_files".to_string()]), ..Default::default() };
+        let options = PlanOptions { project: Some("svdrill-x"), replace: false, bind_root: Path::new("/state/restored/svdrill-x"), images_in_snapshot: BTreeSet::new(), volumes_with_data: BTreeSet::new() };
+        let plan = plan(&drill, &target, &options);
+        assert!(plan.existing().is_empty(), "{:?}", plan.existing());
+        let (network, _) = &plan.networks[0];
+        assert!(network.internal && network.subnets.is_empty() && network.labels["stackvault.drill"] == "svdrill-x");
+        let (volume, _) = &plan.volumes[0];
+        assert!(volume.options.is_empty() && volume.labels.contains_key("stackvault.drill"));
+        let app = plan.containers.iter().find(|c| c.name == "svdrill-x-app-1").unwrap();
+        let host = &app.host_config;
+        assert_eq!((host.privileged, host.volumes_from.as_ref(), host.pid_mode.as_ref(), host.restart_policy.as_ref(), host.port_bindings.as_ref()), (Some(false), None, None, None, None));
+        assert_eq!(host.binds.as_ref().unwrap()[0], "/state/restored/svdrill-x/etc_cc_app.conf:/app.conf:ro");
+        assert_eq!(app.config.labels.as_ref().unwrap()["stackvault.drill.original"], "cc-app-1");
+        let db = plan.containers.iter().find(|c| c.name == "svdrill-x-db-1").unwrap();
+        assert_eq!(db.host_config.network_mode.as_deref(), Some("none"));
+
+        // A container the project does not name keeps its name: the plan would keep the original.
+        let mut foreign = original;
+        foreign.containers[0].name = "legacy-app".into();
+        foreign.isolate(&labels, "stackvault.drill.original");
+        let target = TargetState { containers: BTreeMap::from([("legacy-app".to_string(), true)]), ..Default::default() };
+        assert_eq!(super::plan(&foreign, &target, &options).existing(), ["container legacy-app"]);
+    }
 }
