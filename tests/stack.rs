@@ -293,8 +293,8 @@ fn wait_for_drill_containers() {
     panic!("no drill container ran within a minute");
 }
 
-fn drill(config: &std::path::Path, snapshot: &str, json: bool) -> std::process::Output {
-    run(stackvault(config).args(["verify", &format!("--drill={snapshot}")]).args(json.then_some("--json")))
+fn drill(config: &std::path::Path, snapshot: &str) -> std::process::Output {
+    run(stackvault(config).args(["verify", &format!("--drill={snapshot}")]))
 }
 
 #[test]
@@ -308,8 +308,11 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
 
     // The database loads with the rows counted at backup, the app's check passes; nothing is left,
     // and the original runs on.
-    let out = drill(&stack.config, &good, true);
+    let page = stack.work.join("audit.html");
+    let out = run(stackvault(&stack.config).args(["verify", &format!("--drill={good}"), "--json", "--report"]).arg(&page));
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<h2>Restore drill</h2>") && html.contains(&format!("Snapshot <code>{good}</code>")) && html.contains(": passed."), "{html}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let checks = report["drill"]["checks"].as_array().unwrap();
     let check = |name: &str| checks.iter().find(|c| c["what"].as_str().unwrap().starts_with(name)).unwrap_or_else(|| panic!("no check {name}: {checks:?}")).clone();
@@ -325,7 +328,7 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
     std::fs::remove_file(&proof).unwrap();
     ok(stackvault(&stack.config).arg("backup"));
     let without = snapshot_ids(&stack.work.join("repo")).into_iter().find(|id| *id != good).unwrap();
-    let out = drill(&stack.config, &without, false);
+    let out = drill(&stack.config, &without);
     assert!(!out.status.success());
     let said = text(&out.stderr);
     assert!(said.contains(&format!("the drill of snapshot {without}")) && said.contains(&format!("drill-check of {p}-app-1")), "{said}");
@@ -339,7 +342,7 @@ fn a_drill_restores_the_stack_in_isolation_checks_it_and_leaves_nothing_behind_e
         format!("{}THIS IS NOT SQL;\n{}", &text[..at], &text[at..]).into_bytes()
     });
     ok(stackvault(&stack.config).args(["verify", "--read-data"]));
-    let out = drill(&stack.config, &altered, false);
+    let out = drill(&stack.config, &altered);
     assert!(!out.status.success());
     let said = text(&out.stderr);
     assert!(said.contains(&format!("the drill of snapshot {altered}")) && said.contains("restore: ") && said.contains("ERROR"), "{said}");
