@@ -274,9 +274,20 @@ pub fn plan(definition: &StackDefinition, target: &TargetState, options: &PlanOp
             *bind = parts.join(":");
         }
         if let Some(mode) = host.network_mode.as_mut() {
-            if !super::definition::ENGINE_NETWORKS.contains(&mode.as_str()) && !mode.starts_with("container:") && mode != "default" {
+            if let Some(other) = mode.strip_prefix("container:") {
+                *mode = format!("container:{}", rename.name(other));
+            } else if !super::definition::ENGINE_NETWORKS.contains(&mode.as_str()) && mode != "default" {
                 *mode = rename.name(mode);
             }
+        }
+        // Other containers by name (`NAME[:ro]`, `NAME:ALIAS`): the copies, not the originals.
+        for reference in host.volumes_from.iter_mut().flatten().chain(host.links.iter_mut().flatten()) {
+            let (name, rest) = reference.split_once(':').map_or((reference.as_str(), None), |(n, r)| (n, Some(r)));
+            let renamed = rename.name(name.trim_start_matches('/'));
+            *reference = match rest {
+                Some(rest) => format!("{renamed}:{rest}"),
+                None => renamed,
+            };
         }
         // Host ports another container publishes here go to a port the engine picks.
         for (port, bindings) in host.port_bindings.iter_mut().flatten() {
@@ -452,6 +463,19 @@ mod tests {
         assert!(app.networks.contains_key("dr_default"));
         assert_eq!(plan.networks[0].0.name, "dr_default");
         assert_eq!(plan.images[0].1, ImageSource::Pull);
+
+        // Containers named by others: the copies under the new project, never the originals.
+        let mut sharing = definition();
+        let host = &mut sharing.containers[0].host_config;
+        host.volumes_from = Some(vec!["cc-db-1:ro".into(), "cc-db-1".into()]);
+        host.links = Some(vec!["/cc-db-1:database".into()]);
+        sharing.containers[1].host_config.network_mode = Some("container:cc-app-1".into());
+        let plan = super::plan(&sharing, &TargetState::default(), &options);
+        let app = plan.containers.iter().find(|c| c.name == "dr-app-1").unwrap();
+        assert_eq!(app.host_config.volumes_from.as_deref(), Some(&["dr-db-1:ro".to_string(), "dr-db-1".to_string()][..]));
+        assert_eq!(app.host_config.links.as_deref(), Some(&["dr-db-1:database".to_string()][..]));
+        let db = plan.containers.iter().find(|c| c.name == "dr-db-1").unwrap();
+        assert_eq!(db.host_config.network_mode.as_deref(), Some("container:dr-app-1"));
 
         let mut powerful = definition();
         powerful.containers[0].host_config.privileged = Some(true);
