@@ -59,6 +59,17 @@ impl DrillReport {
     pub fn passed(&self) -> bool {
         self.interrupted.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
     }
+
+    /// "the drill of snapshot ID (STACK TIME) failed: CHECK: DETAIL; …", for errors and alerts.
+    pub fn failure(&self) -> String {
+        let failed: Vec<String> = self.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.what, c.detail)).collect();
+        format!("the drill of snapshot {} ({} {}) failed: {}", self.snapshot, self.stack, self.time, failed.join("; "))
+    }
+}
+
+/// A list filter for objects carrying `label` (`KEY` or `KEY=VALUE`).
+fn labelled(label: String) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![label])])
 }
 
 /// The drill of one snapshot. Fails (an error) only when it cannot start; what goes wrong once the
@@ -135,7 +146,7 @@ fn project_name(snapshot: &Id) -> String {
 
 /// The drill's containers, by their name in the snapshot: (name here, labels).
 async fn drill_containers(docker: &Docker, project: &str) -> Result<BTreeMap<String, (String, HashMap<String, String>)>, DockerError> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{DRILL_LABEL}={project}")])]);
+    let filters = labelled(format!("{DRILL_LABEL}={project}"));
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     let mut found = BTreeMap::new();
     for c in docker.list_containers(Some(options)).await.map_err(DockerError::api("listing the drill's containers"))? {
@@ -215,7 +226,7 @@ pub async fn remove_drill(docker: &Docker, project: &str, config: &Config) -> Ve
 /// One pass: how many objects it found, and those it could not remove.
 async fn remove_drill_once(docker: &Docker, project: &str) -> (usize, Vec<String>) {
     let (mut found, mut left) = (0, Vec::new());
-    let filters = HashMap::from([("label".to_string(), vec![format!("{DRILL_LABEL}={project}")])]);
+    let filters = labelled(format!("{DRILL_LABEL}={project}"));
     let listed = docker.list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build())).await;
     for c in listed.unwrap_or_default() {
         let Some(id) = c.id else { continue };
@@ -278,7 +289,7 @@ pub async fn abandon(config: &Config) -> Vec<String> {
 
 /// Every drill's project on the engine, with its owner where its objects name one.
 async fn drills(docker: &Docker) -> Result<BTreeMap<String, Option<Owner>>, DockerError> {
-    let filters = HashMap::from([("label".to_string(), vec![DRILL_LABEL.to_string()])]);
+    let filters = labelled(DRILL_LABEL.to_string());
     let mut owners: BTreeMap<String, Option<Owner>> = BTreeMap::new();
     let mut note = |labels: Option<&HashMap<String, String>>| {
         if let Some(project) = labels.and_then(|l| l.get(DRILL_LABEL)) {

@@ -538,12 +538,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 checked_at: stackvault::now_rfc3339(),
                 program: stackvault::program(),
             };
-            let drill_identities = identity.as_deref().map(Identities::load).transpose()?;
-            let mut report = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read)).await??;
+            let (mut report, repo, identities) = tokio::task::spawn_blocking(move || stackvault::verify::verify(&repo, identities.as_ref(), read).map(|report| (report, repo, identities))).await??;
             if let Some(wanted) = &drill {
-                let repo = stackvault::open_repository(&config)?;
                 let (id, snapshot) = repo.find_snapshot(wanted)?;
-                let drilled = stackvault::drill::drill(&config, repo, id, snapshot, drill_identities).await?;
+                let drilled = stackvault::drill::drill(&config, repo, id, snapshot, identities).await?;
                 if let Some(signal_name) = drilled.interrupted {
                     let left = if drilled.left_behind.is_empty() { "everything it had created was removed".to_string() } else { format!("not removed (the next drill removes it): {}", drilled.left_behind.join("; ")) };
                     eprintln!("interrupted by {signal_name}: the drill of snapshot {} did not finish; {left}", drilled.snapshot);
@@ -616,8 +614,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     failures.push(format!("{} unreadable snapshot or index object(s)", report.unreadable.len()));
                 }
                 if let Some(drill) = report.drill.as_ref().filter(|d| !d.passed()) {
-                    let failed: Vec<String> = drill.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.what, c.detail)).collect();
-                    failures.push(format!("the drill of snapshot {} ({} {}) failed: {}", drill.snapshot, drill.stack, drill.time, failed.join("; ")));
+                    failures.push(drill.failure());
                 }
                 eprintln!("error: {}", failures.join("; "));
                 return Ok(ExitCode::FAILURE);

@@ -409,8 +409,7 @@ impl Runner {
                 if report.passed() {
                     self.log.event(Level::Info, run_id, "drill.success", &format!("the drill of snapshot {} passed", report.snapshot), details);
                 } else {
-                    let failed: Vec<String> = report.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.what, c.detail)).collect();
-                    let summary = format!("the drill of snapshot {} failed: {}", report.snapshot, failed.join("; "));
+                    let summary = report.failure();
                     self.log.event(Level::Error, run_id, "drill.failure", &summary, details.clone());
                     self.alert(AlertKind::Failure, run_id, None, summary, details);
                 }
