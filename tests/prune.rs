@@ -36,16 +36,6 @@ fn redate(file: &Path, time: &str) {
     std::fs::remove_file(file).unwrap();
 }
 
-fn count_files(dir: &Path) -> usize {
-    walk(dir).len()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|d| d.flat_map(|e| { let path = e.unwrap().path(); if path.is_dir() { walk(&path) } else { vec![path] } }).collect())
-        .unwrap_or_default()
-}
-
 fn signal(child: &std::process::Child, name: &str) {
     ok(std::process::Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()));
 }
@@ -149,9 +139,9 @@ fn a_backup_running_while_prune_marks_the_packs_it_reuses_keeps_them() {
     let big = std::fs::File::create(other.join("z-large")).unwrap();
     std::io::copy(&mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), 300 << 20), &mut std::io::BufWriter::new(big)).unwrap();
     let second = host_config(&work, "second", &other);
-    let packs_before = count_files(&work.join("repo/packs"));
+    let packs_before = files(&work.join("repo/packs")).len();
     let mut busy = stackvault(&second).arg("backup").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    while count_files(&work.join("repo/packs")) == packs_before {
+    while files(&work.join("repo/packs")).len() == packs_before {
         assert!(busy.try_wait().unwrap().is_none(), "the busy backup is still running when its first pack is stored");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
