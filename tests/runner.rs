@@ -555,11 +555,7 @@ fn the_daemon_drills_on_its_own_schedule_and_alerts_a_failed_drill() {
     // Stopped (SIGTERM), maybe mid-drill: nothing of a drill stays on the engine.
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0), "{}", daemon.log());
-    for what in ["ps -a -q", "volume ls -q", "network ls -q"] {
-        let mut args: Vec<&str> = what.split(' ').collect();
-        args.extend(["--filter", "label=stackvault.drill"]);
-        assert_eq!(docker(&args), "", "docker {what}: a drill's objects were left\n{}", daemon.log());
-    }
+    assert_eq!(drill_leftovers(), "", "a drill's objects were left\n{}", daemon.log());
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &app]), "true", "the original runs on");
     remove_project_containers(&project);
     let _ = Command::new("docker").args(["volume", "rm", &volume]).output();

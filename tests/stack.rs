@@ -272,16 +272,6 @@ fn beside_the_original_under_another_project_and_back_to_last_night_with_replace
     stack.cleanup();
 }
 
-/// What drills left on this engine: containers, volumes and networks with the drill label.
-fn drill_leftovers() -> String {
-    ["ps -a -q --filter label=stackvault.drill", "volume ls -q --filter label=stackvault.drill", "network ls -q --filter label=stackvault.drill"]
-        .iter()
-        .map(|cmd| docker(&cmd.split(' ').collect::<Vec<_>>()))
-        .filter(|out| !out.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Waits until a drill's container runs.
 fn wait_for_drill_containers() {
     for _ in 0..600 {

@@ -159,6 +159,16 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What drills left on this engine: containers, volumes and networks with the drill label.
+pub fn drill_leftovers() -> String {
+    ["ps -a -q --filter label=stackvault.drill", "volume ls -q --filter label=stackvault.drill", "network ls -q --filter label=stackvault.drill"]
+        .iter()
+        .map(|cmd| docker(&cmd.split(' ').collect::<Vec<_>>()))
+        .filter(|out| !out.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Helper containers still present whose purpose mentions `name` (other tests' helpers may run now).
 pub fn helpers_left(name: &str) -> Vec<String> {
     let purposes = docker(&["ps", "-a", "--filter", "label=stackvault.helper", "--format", "{{.Label \"stackvault.helper\"}}"]);
